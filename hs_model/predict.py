@@ -1,0 +1,275 @@
+"""Inference boundary: text and photos in, ranked HS 2022 candidates at 2, 4 and 6 digits out (plain data)."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from hs_model.bank import build_official_bank, with_extra_prototypes
+from hs_model.checkpoint import ModelCard, load_checkpoint
+from hs_model.config import DEFAULT_MODEL_DIR, LIMITS, TowerConfig
+from hs_model.errors import InputError
+from hs_model.images import load_image
+from hs_model.model import HeadConfig, HsJointModel, LabelSpace
+from hs_model.towers import build_towers
+
+log = logging.getLogger(__name__)
+
+LEVELS = (2, 4, 6)
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One ranked code at one level; score is the calibrated probability of that code (0..1)."""
+
+    code: str
+    level: int
+    description: str
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "description": self.description, "score": round(self.score, 6)}
+
+
+@dataclass(frozen=True)
+class Query:
+    """One product to classify: a description and/or photos (already decoded)."""
+
+    text: str | None = None
+    images: tuple[Image.Image, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The model's answer for one product."""
+
+    model_version: str
+    nomenclature_edition: str
+    levels: dict[int, list[Candidate]]
+    needs_review: bool
+    review_threshold: float
+    latency_ms: float
+    modality: str  # "text" | "image" | "both"
+    gates: tuple[float, float]  # weight given to text and to the photos
+    embedding: tuple[float, ...] = ()  # joint-space vector (for precedent search)
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def top(self) -> Candidate:
+        return self.levels[6][0]
+
+    def to_json(self) -> dict:
+        return {
+            "model_version": self.model_version,
+            "nomenclature_edition": self.nomenclature_edition,
+            "levels": {str(lv): [c.to_dict() for c in cs] for lv, cs in self.levels.items()},
+            "needs_review": self.needs_review,
+            "review_threshold": self.review_threshold,
+            "modality": self.modality,
+            "gates": {"text": round(self.gates[0], 4), "image": round(self.gates[1], 4)},
+            "latency_ms": round(self.latency_ms, 2),
+            "notes": list(self.notes),
+        }
+
+
+def clean_text(text: str | None) -> str:
+    """Strip control characters (binary noise) and outer whitespace; refuse texts over the limit."""
+    if text is None:
+        return ""
+    if len(text) > LIMITS.max_text_chars:
+        raise InputError(
+            f"The description has {len(text):,} characters; the limit is {LIMITS.max_text_chars:,}. "
+            "Shorten it to the product's essentials (what it is, material, use)."
+        )
+    return _CONTROL.sub(" ", text).strip()
+
+
+def decode_images(sources: Sequence[bytes | Path], names: Sequence[str] | None = None) -> tuple[Image.Image, ...]:
+    """Decode uploaded photos; raises ImageError naming the first bad one."""
+    if len(sources) > LIMITS.max_images:
+        raise InputError(f"{len(sources)} photos given; at most {LIMITS.max_images} per product.")
+    names = names or [s.name if isinstance(s, Path) else f"photo {i + 1}" for i, s in enumerate(sources)]
+    return tuple(load_image(s, n) for s, n in zip(sources, names, strict=True))
+
+
+class Classifier:
+    """Towers + joint model + nomenclature, loaded once and shared (read-only) by every session."""
+
+    def __init__(self, model_dir: Path | None = DEFAULT_MODEL_DIR, towers: TowerConfig | None = None) -> None:
+        from hs_model.nomenclature import EDITION, get_nomenclature
+
+        t0 = time.perf_counter()
+        self.nomenclature = get_nomenclature()
+        self.edition = EDITION
+        self.tower_config = towers or TowerConfig.from_env()
+        self.text_tower, self.image_tower, self.device = build_towers(self.tower_config)
+        self.space = LabelSpace.from_codes([c.digits for c in self.nomenclature.subheadings])
+        bank = build_official_bank(self.text_tower, self.space, self.edition)
+        card, tensors = load_checkpoint(model_dir) if model_dir is not None else (zero_shot_card(self.tower_config), {})
+        if card.text_tower != self.text_tower.name or card.image_tower != self.image_tower.name:
+            log.warning("model %s was trained on other towers; using zero-shot parts only", card.version)
+            card, tensors = zero_shot_card(self.tower_config), {}
+        if "bank.emb" in tensors:
+            code_pos = {c: i for i, c in enumerate(self.space.subheadings)}
+            codes = torch.tensor([code_pos[f"{int(c):06d}"] for c in tensors["bank.code"].tolist()])
+            bank = with_extra_prototypes(bank, tensors["bank.emb"], codes)
+        self.card: ModelCard = card
+        self.model = HsJointModel(self.space, bank, HeadConfig(self.text_tower.dim, self.image_tower.dim))
+        load_trained_parts(self.model, tensors)
+        self.model.to(self.device).eval()
+        self.lock = threading.Lock()  # explanations hook shared modules; they take this lock
+        self.load_seconds = time.perf_counter() - t0
+        log.info("classifier %s ready in %.1f s", card.version, self.load_seconds)
+
+    @property
+    def version(self) -> str:
+        return self.card.version
+
+    def describe(self, level: int, code: str) -> str:
+        from hs_model.nomenclature import HsCode
+
+        return self.nomenclature.description(HsCode.parse(code))
+
+    def predict(self, text: str | None = None, images: Sequence[Image.Image] = (), top_k: int = 5) -> Prediction:
+        """Rank HS codes for one product. Raises InputError for unusable input."""
+        return self.predict_batch([Query(text, tuple(images))], top_k)[0]
+
+    @torch.inference_mode()
+    def predict_batch(self, queries: Sequence[Query], top_k: int = 5) -> list[Prediction]:
+        """Rank HS codes for many products; texts are encoded in padded batches."""
+        t0 = time.perf_counter()
+        feats = self.encode(queries)
+        out = self.model(*feats.as_inputs(self.device))
+        per_level = {lv: self.model.level_log_probs(out.logits, lv).exp().cpu() for lv in LEVELS}
+        elapsed = (time.perf_counter() - t0) * 1000 / max(len(queries), 1)
+        threshold = float(self.model.review_threshold)
+        results = []
+        for i, q in enumerate(queries):
+            levels = {lv: self._top(per_level[lv][i], lv, top_k) for lv in LEVELS}
+            modality = {(True, True): "both", (True, False): "text", (False, True): "image"}[
+                (bool(feats.has_text[i]), bool(feats.has_image[i]))
+            ]
+            results.append(
+                Prediction(
+                    model_version=self.version,
+                    nomenclature_edition=self.edition,
+                    levels=levels,
+                    needs_review=levels[6][0].score < threshold,
+                    review_threshold=threshold,
+                    latency_ms=elapsed,
+                    modality=modality,
+                    gates=(float(out.gates[i, 0]), float(out.gates[i, 1])),
+                    embedding=tuple(out.joint[i].float().cpu().tolist()),
+                    notes=feats.notes[i],
+                )
+            )
+        return results
+
+    def _top(self, probs: torch.Tensor, level: int, k: int) -> list[Candidate]:
+        codes = self.space.codes(level)
+        values, idx = probs.topk(min(k, len(codes)))
+        return [
+            Candidate(codes[j], level, self.describe(level, codes[j]), float(v))
+            for v, j in zip(values.tolist(), idx.tolist(), strict=True)
+        ]
+
+    def encode(self, queries: Sequence[Query]) -> Features:
+        """Run the frozen towers once per input; several photos of one product are mean-pooled."""
+        texts = [clean_text(q.text) for q in queries]
+        for t, q in zip(texts, queries, strict=True):
+            if not t and not q.images:
+                raise InputError("Give a description, at least one photo, or both.")
+        n, tt, it = len(queries), self.text_tower, self.image_tower
+        text_emb = torch.zeros(n, tt.dim)
+        with_text = [i for i, t in enumerate(texts) if t]
+        if with_text:
+            text_emb[with_text] = tt.encode_text([texts[i] for i in with_text])
+        pooled, probs = torch.zeros(n, it.dim), torch.zeros(n, 1000)
+        for i, q in enumerate(queries):
+            if q.images:
+                f = it.encode_image(list(q.images))
+                pooled[i], probs[i] = f.pooled.mean(0), f.probs.mean(0)
+        notes = []
+        for t in texts:
+            used = tt.token_count(t) if t else 0
+            notes.append(
+                (f"Only the first {tt.max_length - 2} word pieces of the description were read by the model.",)
+                if used > tt.max_length
+                else ()
+            )
+        has_text = torch.tensor([bool(t) for t in texts])
+        has_image = torch.tensor([bool(q.images) for q in queries])
+        return Features(text_emb, pooled, probs, has_text, has_image, tuple(notes))
+
+
+@dataclass(frozen=True)
+class Features:
+    """The towers' outputs for a batch: everything the joint model needs. Cacheable."""
+
+    text: torch.Tensor  # [B, E]
+    image_pooled: torch.Tensor  # [B, C]
+    image_probs: torch.Tensor  # [B, 1000]
+    has_text: torch.Tensor  # [B] bool
+    has_image: torch.Tensor  # [B] bool
+    notes: tuple[tuple[str, ...], ...] = ()
+
+    def as_inputs(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        return tuple(
+            t.to(device) for t in (self.text, self.image_pooled, self.image_probs, self.has_text, self.has_image)
+        )
+
+
+def zero_shot_card(towers: TowerConfig) -> ModelCard:
+    """Card of the untrained model: official HS texts as prototypes, ImageNet names as the photo bridge."""
+    from hs_model.nomenclature import EDITION
+
+    return ModelCard(
+        version="zero-shot-v1",
+        nomenclature_edition=EDITION,
+        text_tower=towers.text_model,
+        image_tower=towers.image_model,
+        created="2026-11-25",
+        kind="zero-shot",
+        review_threshold=0.5,
+    )
+
+
+TRAINED_PREFIX = "head."
+
+
+def trained_parts(model: HsJointModel) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint stores: small parameters plus only the non-zero per-code corrections."""
+    out = {TRAINED_PREFIX + k: v for k, v in model.state_dict().items() if not k.startswith("correction")}
+    rows = (model.correction.abs().sum(1) > 0) | (model.correction_bias != 0)
+    idx = rows.nonzero().flatten()
+    out["correction.codes"] = torch.tensor([int(model.space.subheadings[i]) for i in idx.tolist()], dtype=torch.int32)
+    out["correction.weight"] = model.correction.detach()[idx]
+    out["correction.bias"] = model.correction_bias.detach()[idx]
+    return out
+
+
+def load_trained_parts(model: HsJointModel, tensors: dict[str, torch.Tensor]) -> None:
+    """Inverse of `trained_parts`; an empty dict leaves the zero-shot initialisation."""
+    if not tensors:
+        return
+    state = {k.removeprefix(TRAINED_PREFIX): v for k, v in tensors.items() if k.startswith(TRAINED_PREFIX)}
+    missing = model.load_state_dict(state, strict=False)
+    if missing.unexpected_keys or [k for k in missing.missing_keys if not k.startswith("correction")]:
+        raise ValueError(f"checkpoint does not fit the model: {missing}")
+    pos = {c: i for i, c in enumerate(model.space.subheadings)}
+    idx = torch.tensor([pos[f"{int(c):06d}"] for c in tensors["correction.codes"].tolist()], dtype=torch.long)
+    with torch.no_grad():
+        model.correction.zero_()
+        model.correction_bias.zero_()
+        if len(idx):
+            model.correction[idx] = tensors["correction.weight"].float()
+            model.correction_bias[idx] = tensors["correction.bias"].float()

