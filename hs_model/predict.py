@@ -153,7 +153,7 @@ class Classifier:
         elapsed = (time.perf_counter() - t0) * 1000 / max(len(queries), 1)
         threshold = float(self.model.review_threshold)
         results = []
-        for i, q in enumerate(queries):
+        for i in range(len(queries)):
             levels = {lv: self._top(per_level[lv][i], lv, top_k) for lv in LEVELS}
             modality = {(True, True): "both", (True, False): "text", (False, True): "image"}[
                 (bool(feats.has_text[i]), bool(feats.has_image[i]))
