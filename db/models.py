@@ -1,0 +1,240 @@
+"""Typed SQLAlchemy models: users, shipments, line items, photos, predictions, decisions, models, audit."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    event,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+Role = Literal["broker", "reviewer", "admin"]
+DecisionKind = Literal["submitted", "approved", "corrected", "rejected"]
+ModelStatus = Literal["candidate", "active", "retired"]
+ROLES: tuple[str, ...] = ("broker", "reviewer", "admin")
+DECISION_KINDS: tuple[str, ...] = ("submitted", "approved", "corrected", "rejected")
+MODEL_STATUSES: tuple[str, ...] = ("candidate", "active", "retired")
+APPEND_ONLY_TABLES: tuple[str, ...] = ("decisions", "audit_events", "model_activations")
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """Return the current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every backend (SQLite hands back naive values otherwise)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use an aware UTC datetime")
+        value = value.astimezone(UTC)
+        # SQLite stores text; keep it naive-UTC so lexical order is time order.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a constraint naming convention (needed by SQLite batch migrations)."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON(), list[dict[str, Any]]: JSON()}
+
+
+class User(Base):
+    """A person who signs in; ``role`` decides what they may do."""
+
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint("role IN ('broker', 'reviewer', 'admin')", name="role"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Shipment(Base):
+    """A customs shipment grouping line items under the broker's reference."""
+
+    __tablename__ = "shipments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reference: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LineItem(Base):
+    """One product to classify: a description and/or photos, optionally within a shipment."""
+
+    __tablename__ = "line_items"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shipment_id: Mapped[int | None] = mapped_column(ForeignKey("shipments.id"), index=True)
+    line_ref: Mapped[str | None] = mapped_column(String(64))
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # float32 joint-space vector (numpy .tobytes()), for precedent search.
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+    photos: Mapped[list[Photo]] = relationship(order_by="Photo.position", lazy="selectin")
+    shipment: Mapped[Shipment | None] = relationship()
+
+
+class Photo(Base):
+    """A photo of a line item, stored by content hash under the photo store root."""
+
+    __tablename__ = "photos"
+    __table_args__ = (UniqueConstraint("line_item_id", "position", name="uq_photos_line_item_id_position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line_item_id: Mapped[int] = mapped_column(ForeignKey("line_items.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(255))
+    mime: Mapped[str] = mapped_column(String(64))
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(Integer)
+
+
+class Prediction(Base):
+    """What a model version proposed for a line item (ranked candidates at each level)."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line_item_id: Mapped[int] = mapped_column(ForeignKey("line_items.id"), index=True)
+    model_version: Mapped[str] = mapped_column(String(128))
+    nomenclature_edition: Mapped[str] = mapped_column(String(32))
+    latency_ms: Mapped[float] = mapped_column(Float)
+    needs_review: Mapped[bool] = mapped_column(Boolean)
+    top_code: Mapped[str | None] = mapped_column(String(6))
+    top_score: Mapped[float | None] = mapped_column(Float)
+    # [{"level": 2|4|6, "rank": int, "code": str, "description": str, "score": float}, ...]
+    candidates: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Decision(Base):
+    """An append-only event on a line item: submitted, approved, corrected or rejected."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (
+        CheckConstraint("kind IN ('submitted', 'approved', 'corrected', 'rejected')", name="kind"),
+        CheckConstraint("role IN ('broker', 'reviewer', 'admin')", name="role"),
+        CheckConstraint(
+            "(kind = 'rejected' AND code IS NULL) OR (kind <> 'rejected' AND code IS NOT NULL AND length(code) = 6)",
+            name="code",
+        ),
+        Index("ix_decisions_line_item_id_id", "line_item_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line_item_id: Mapped[int] = mapped_column(ForeignKey("line_items.id"))
+    prediction_id: Mapped[int | None] = mapped_column(ForeignKey("predictions.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    code: Mapped[str | None] = mapped_column(String(6))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    model_version: Mapped[str | None] = mapped_column(String(128))
+    nomenclature_edition: Mapped[str | None] = mapped_column(String(32))
+
+    user: Mapped[User] = relationship(lazy="joined")
+
+
+class ModelVersion(Base):
+    """A model checkpoint the app can serve; the active one is the latest activation."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (CheckConstraint("status IN ('candidate', 'active', 'retired')", name="status"),)
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    path: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))
+    card: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="candidate")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+
+
+class ModelActivation(Base):
+    """Append-only record of which model version was switched on, by whom and why."""
+
+    __tablename__ = "model_activations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class AuditEvent(Base):
+    """Append-only audit trail: sign-ins, submissions, reviews, exports, model changes, users."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_username_action_at", "username", "action", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    username: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class AppendOnlyError(RuntimeError):
+    """Raised when code tries to update or delete a row of an append-only table."""
+
+
+def _refuse(verb: str):
+    def listener(_mapper, _connection, target) -> None:
+        raise AppendOnlyError(f"{target.__tablename__} is append-only: cannot {verb} row id={target.id}")
+
+    return listener
+
+
+for _cls in (Decision, AuditEvent, ModelActivation):
+    event.listen(_cls, "before_update", _refuse("update"))
+    event.listen(_cls, "before_delete", _refuse("delete"))

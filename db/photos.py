@@ -1,0 +1,141 @@
+"""Content-addressed photo store: ``<root>/<sha[:2]>/<sha>.<ext>``, written atomically, read safely."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from db.engine import REPO_ROOT
+
+log = logging.getLogger(__name__)
+
+# Magic bytes -> (extension, mime). Only image formats the model can read are accepted.
+_SIGNATURES: tuple[tuple[bytes, int, str, str], ...] = (
+    (b"\xff\xd8\xff", 0, "jpg", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", 0, "png", "image/png"),
+    (b"GIF87a", 0, "gif", "image/gif"),
+    (b"GIF89a", 0, "gif", "image/gif"),
+    (b"BM", 0, "bmp", "image/bmp"),
+    (b"II*\x00", 0, "tif", "image/tiff"),
+    (b"MM\x00*", 0, "tif", "image/tiff"),
+)
+MAX_PHOTO_BYTES = 25 * 1024 * 1024
+
+
+class PhotoPathError(ValueError):
+    """A stored photo path that is malformed or points outside the store root."""
+
+
+@dataclass(frozen=True)
+class StoredPhoto:
+    """A photo saved in the store; ``rel_path`` is relative to the store root, with ``/`` separators."""
+
+    sha256: str
+    rel_path: str
+    size_bytes: int
+    mime: str
+    width: int | None = None
+    height: int | None = None
+
+
+def default_photo_root() -> Path:
+    """Return the photo store root: env ``HS_PHOTO_DIR`` or ``<repo>/var/photos``."""
+    return Path(os.environ.get("HS_PHOTO_DIR") or REPO_ROOT / "var" / "photos")
+
+
+def sniff_image(data: bytes) -> tuple[str, str]:
+    """Return ``(extension, mime)`` from the file's magic bytes.
+
+    Raises:
+        ValueError: The bytes are not a JPEG, PNG, WebP, GIF, BMP or TIFF image.
+    """
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp", "image/webp"
+    for magic, offset, ext, mime in _SIGNATURES:
+        if data[offset : offset + len(magic)] == magic:
+            return ext, mime
+    raise ValueError("not a supported image (expected JPEG, PNG, WebP, GIF, BMP or TIFF)")
+
+
+def _image_size(data: bytes) -> tuple[int | None, int | None]:
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as img:
+            return int(img.width), int(img.height)
+    except Exception:  # noqa: BLE001 - size is informative only; a corrupt header must not block storing
+        log.debug("could not read image size", exc_info=True)
+        return None, None
+
+
+def store_photo(data: bytes, root: Path | None = None) -> StoredPhoto:
+    """Save ``data`` under its SHA-256; storing the same bytes again is a no-op.
+
+    The file is written to a temporary name in the target directory and moved into place with
+    ``os.replace``, so readers never see a partial file.
+
+    Args:
+        data: The image bytes.
+        root: Store root; :func:`default_photo_root` when omitted.
+
+    Returns:
+        Where the photo lives and what it is.
+
+    Raises:
+        ValueError: Empty, too large, or not a supported image.
+    """
+    if not data:
+        raise ValueError("empty photo")
+    if len(data) > MAX_PHOTO_BYTES:
+        raise ValueError(f"photo larger than {MAX_PHOTO_BYTES // (1024 * 1024)} MB")
+    ext, mime = sniff_image(data)
+    root = Path(root) if root is not None else default_photo_root()
+    sha = hashlib.sha256(data).hexdigest()
+    rel = f"{sha[:2]}/{sha}.{ext}"
+    target = root / sha[:2] / f"{sha}.{ext}"
+    if not (target.is_file() and target.stat().st_size == len(data)):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=f".{ext}")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        log.debug("stored photo %s", rel)
+    width, height = _image_size(data)
+    return StoredPhoto(sha256=sha, rel_path=rel, size_bytes=len(data), mime=mime, width=width, height=height)
+
+
+def resolve_photo(root: Path | None, rel_path: str) -> Path:
+    """Turn a stored relative path into an absolute path inside ``root``.
+
+    Args:
+        root: Store root; :func:`default_photo_root` when ``None``.
+        rel_path: The ``Photo.path`` value.
+
+    Returns:
+        The absolute, resolved path (it may not exist).
+
+    Raises:
+        PhotoPathError: Absolute paths, ``..`` components, backslashes, NUL bytes, or anything that
+            resolves (symlinks included) outside ``root``.
+    """
+    if not rel_path or "\x00" in rel_path or "\\" in rel_path:
+        raise PhotoPathError(f"invalid photo path: {rel_path!r}")
+    pure = PurePosixPath(rel_path)
+    if pure.is_absolute() or ".." in pure.parts or (pure.parts and ":" in pure.parts[0]):
+        raise PhotoPathError(f"photo path escapes the store: {rel_path!r}")
+    base = (Path(root) if root is not None else default_photo_root()).resolve()
+    full = (base / pure).resolve()
+    if not full.is_relative_to(base) or full == base:
+        raise PhotoPathError(f"photo path escapes the store: {rel_path!r}")
+    return full
