@@ -77,6 +77,38 @@ def cmd_convert_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from hs_model.train import TrainConfig, train_default
+
+    data_dir = Path(args.data_dir)
+    if not (data_dir / "products" / "styles.csv").is_file():
+        raise UserError(f"{data_dir} does not look like the shared data folder (no products/styles.csv).")
+    cfg = dataclasses.replace(
+        TrainConfig(), epochs=args.epochs, use_contrastive=not args.no_contrastive, use_images=not args.no_images
+    )
+    card = train_default(data_dir, Path(args.out), cfg, version=args.version)
+    print(json.dumps({"version": card.version, "out": args.out, "metrics": card.metrics}, indent=2))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hs_model.report import build_report
+
+    variants: dict[str, Path | None] = {"trained": _model_dir(args.model)}
+    for item in args.variant:
+        name, _, folder = item.partition("=")
+        if not name or not folder:
+            raise UserError(f"--variant wants NAME=FOLDER (or NAME=zero-shot), not {item!r}")
+        variants[name] = _model_dir(folder)
+    variants.setdefault("zero-shot", None)
+    results = build_report(_model_dir(args.model), variants, Path(args.data_dir), Path(args.out), Path(args.work))
+    print((Path(args.out) / "results.md").read_text())
+    del results
+    return 0
+
+
 def _existing(path: str | Path) -> Path:
     p = Path(path)
     if not p.is_file():
@@ -110,6 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--src", required=True, help=f"e.g. {DEFAULT_DATA_DIR}/eval/hscodecomp.jsonl")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_convert_eval)
+
+    p = sub.add_parser("train", help="train the joint model on ../shared/data (never on eval/)")
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    p.add_argument("--out", required=True, help="folder for weights.safetensors + card.json")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--no-contrastive", action="store_true", help="ablation: no InfoNCE term")
+    p.add_argument("--no-images", action="store_true", help="ablation: text views only")
+    p.add_argument("--version", default=None)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("report", help="evaluation report over Myntra test, HSCodeComp and ATLAS, with ablations")
+    p.add_argument("--model", default=None, help=model_help)
+    p.add_argument("--variant", action="append", default=[], metavar="NAME=FOLDER", help="another model to compare")
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    p.add_argument("--out", default="docs/results")
+    p.add_argument("--work", default="var/eval", help="where converted evaluation files are written")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

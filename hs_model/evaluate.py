@@ -13,7 +13,7 @@ import numpy as np
 from hs_model.datasets import Example
 from hs_model.errors import InputError
 from hs_model.images import ImageError, load_image
-from hs_model.predict import LEVELS, Classifier, Prediction, Query
+from hs_model.predict import LEVELS, Classifier, Features, Prediction, Query
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +45,36 @@ def to_query(example: Example, modality: Modality) -> Query | None:
     return Query(text, images)
 
 
-def run_rows(
+def encode_rows(
     classifier: Classifier, examples: Sequence[Example], modality: Modality, batch_size: int = 32
-) -> list[RowResult | None]:
-    """Predict every row; None marks a row the modality cannot serve (counted as wrong, never dropped)."""
-    results: list[RowResult | None] = []
+) -> tuple[list[int], Features | None]:
+    """Run the towers over every row the modality can serve: (row indices, their features)."""
+    served, parts = [], []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        queries = [to_query(e, modality) for e in chunk]
-        present = [q for q in queries if q is not None]
-        preds = iter(classifier.predict_batch(present, top_k=5) if present else [])
-        for ex, q in zip(chunk, queries, strict=True):
-            results.append(None if q is None else _row(ex.hs, next(preds)))
+        queries = [(start + i, to_query(e, modality)) for i, e in enumerate(chunk)]
+        present = [(i, q) for i, q in queries if q is not None]
+        if present:
+            served.extend(i for i, _ in present)
+            parts.append(classifier.encode([q for _, q in present]))
+    return served, (Features.concat(parts) if parts else None)
+
+
+def score_rows(
+    classifier: Classifier, examples: Sequence[Example], served: list[int], feats: Features | None
+) -> list[RowResult | None]:
+    """Rank codes from cached features; None marks a row the modality cannot serve (counted wrong, never dropped)."""
+    results: list[RowResult | None] = [None] * len(examples)
+    if feats is None:
+        return results
+    for i, p in zip(served, classifier.predict_features(feats, top_k=5), strict=True):
+        results[i] = _row(examples[i].hs, p)
     return results
+
+
+def run_rows(classifier: Classifier, examples: Sequence[Example], modality: Modality) -> list[RowResult | None]:
+    """Predict every row (towers, then the joint model)."""
+    return score_rows(classifier, examples, *encode_rows(classifier, examples, modality))
 
 
 def _row(gold: str, p: Prediction) -> RowResult:
@@ -137,7 +154,13 @@ def evaluate(classifier: Classifier, examples: Sequence[Example], modality: Moda
     """Evaluate on labelled examples; the JSON shape of `python -m hs_model evaluate --json`."""
     if not examples:
         raise InputError("The evaluation file has no rows.")
-    rows = run_rows(classifier, examples, modality)
+    return evaluate_rows(classifier, examples, modality, run_rows(classifier, examples, modality))
+
+
+def evaluate_rows(
+    classifier: Classifier, examples: Sequence[Example], modality: Modality, rows: Sequence[RowResult | None]
+) -> dict:
+    """Metrics from already-scored rows (see `evaluate`)."""
     if all(r is None for r in rows):
         raise InputError(f"No row has the {modality} modality (e.g. no photos for --modality image).")
     golds = [e.hs for e in examples]

@@ -165,15 +165,19 @@ class HsJointModel(nn.Module):
         self._proto_cache = None
         return super().train(mode)
 
-    def score(self, z: torch.Tensor) -> torch.Tensor:
+    def score(self, z: torch.Tensor, exclude_text: torch.Tensor | None = None) -> torch.Tensor:
         """Joint vectors -> subheading logits. [B, D] -> [B, S].
 
         A code's similarity is the max over its texts, plus weighted similarities to its heading's and
         chapter's own texts (kept separate: concatenated texts dilute the distinctive words), scaled,
-        plus the learned per-code correction.
+        plus the learned per-code correction. `exclude_text` [B] (or -1) hides one bank text per row, so
+        a label text used as a training example cannot simply match itself.
         """
         texts, heads, chaps = self.prototypes()
         sims = z @ texts.T  # [B, M]
+        if exclude_text is not None and bool((exclude_text >= 0).any()):
+            rows = (exclude_text >= 0).nonzero().flatten()
+            sims = sims.index_put((rows, exclude_text[rows]), torch.tensor(-2.0, device=sims.device))
         idx = self.bank_index  # [S, K]
         per_code = sims[:, idx.clamp(min=0)].masked_fill(idx < 0, float("-inf")).amax(-1)  # [B, S]
         s = per_code + self.level_weight[0] * (z @ heads.T)[:, self.sub_to_head]
@@ -187,11 +191,12 @@ class HsJointModel(nn.Module):
         image_probs: torch.Tensor,
         has_text: torch.Tensor,
         has_image: torch.Tensor,
+        exclude_text: torch.Tensor | None = None,
     ) -> ModelOutput:
         te = self.embed_text(text)
         ie = self.embed_image(image_pooled, image_probs)
         z, gates = self.fuse(te, ie, has_text, has_image)
-        return ModelOutput(self.score(z), z, te * has_text[:, None], ie * has_image[:, None], gates)
+        return ModelOutput(self.score(z, exclude_text), z, te * has_text[:, None], ie * has_image[:, None], gates)
 
     # -- probabilities at each level -----------------------------------------------------------------------
     def level_log_probs(self, logits: torch.Tensor, level: int, temperature: bool = True) -> torch.Tensor:

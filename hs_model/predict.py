@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import re
 import threading
@@ -14,7 +16,7 @@ import torch
 from PIL import Image
 
 from hs_model.bank import build_official_bank, with_extra_prototypes
-from hs_model.checkpoint import ModelCard, load_checkpoint
+from hs_model.checkpoint import CheckpointError, ModelCard, load_checkpoint
 from hs_model.config import DEFAULT_MODEL_DIR, LIMITS, TowerConfig
 from hs_model.errors import InputError
 from hs_model.images import load_image
@@ -113,22 +115,34 @@ class Classifier:
         self.tower_config = towers or TowerConfig.from_env()
         self.text_tower, self.image_tower, self.device = build_towers(self.tower_config)
         self.space = LabelSpace.from_codes([c.digits for c in self.nomenclature.subheadings])
-        bank = build_official_bank(self.text_tower, self.space, self.edition)
+        self.official_bank = build_official_bank(self.text_tower, self.space, self.edition)
+        self.card, self.model = self._load_head(model_dir)
+        self.lock = threading.Lock()  # explanations hook shared modules; they take this lock
+        self.load_seconds = time.perf_counter() - t0
+        log.info("classifier %s ready in %.1f s", self.card.version, self.load_seconds)
+
+    def _load_head(self, model_dir: Path | None) -> tuple[ModelCard, HsJointModel]:
+        """The trained parts of a checkpoint (or the zero-shot parts) on top of the shared towers."""
         card, tensors = load_checkpoint(model_dir) if model_dir is not None else (zero_shot_card(self.tower_config), {})
         if card.text_tower != self.text_tower.name or card.image_tower != self.image_tower.name:
-            log.warning("model %s was trained on other towers; using zero-shot parts only", card.version)
-            card, tensors = zero_shot_card(self.tower_config), {}
+            raise CheckpointError(
+                f"Model {card.version} was trained on {card.text_tower} + {card.image_tower}, "
+                f"not on the configured towers {self.text_tower.name} + {self.image_tower.name}."
+            )
+        bank = self.official_bank
         if "bank.emb" in tensors:
             code_pos = {c: i for i, c in enumerate(self.space.subheadings)}
             codes = torch.tensor([code_pos[f"{int(c):06d}"] for c in tensors["bank.code"].tolist()])
             bank = with_extra_prototypes(bank, tensors["bank.emb"], codes)
-        self.card: ModelCard = card
-        self.model = HsJointModel(self.space, bank, HeadConfig(self.text_tower.dim, self.image_tower.dim))
-        load_trained_parts(self.model, tensors)
-        self.model.to(self.device).eval()
-        self.lock = threading.Lock()  # explanations hook shared modules; they take this lock
-        self.load_seconds = time.perf_counter() - t0
-        log.info("classifier %s ready in %.1f s", card.version, self.load_seconds)
+        model = HsJointModel(self.space, bank, HeadConfig(self.text_tower.dim, self.image_tower.dim))
+        load_trained_parts(model, tensors)
+        return card, model.to(self.device).eval()
+
+    def with_model(self, model_dir: Path | None) -> Classifier:
+        """Another model version over the same loaded towers (cheap: no tower is loaded again)."""
+        other = copy.copy(self)
+        other.card, other.model = self._load_head(model_dir)
+        return other
 
     @property
     def version(self) -> str:
@@ -143,18 +157,23 @@ class Classifier:
         """Rank HS codes for one product. Raises InputError for unusable input."""
         return self.predict_batch([Query(text, tuple(images))], top_k)[0]
 
-    @torch.inference_mode()
     def predict_batch(self, queries: Sequence[Query], top_k: int = 5) -> list[Prediction]:
         """Rank HS codes for many products; texts are encoded in padded batches."""
         t0 = time.perf_counter()
         feats = self.encode(queries)
+        return self.predict_features(feats, top_k, started=t0)
+
+    @torch.inference_mode()
+    def predict_features(self, feats: Features, top_k: int = 5, started: float | None = None) -> list[Prediction]:
+        """Rank HS codes from the towers' outputs (lets evaluation run the towers once for many model versions)."""
+        t0 = started if started is not None else time.perf_counter()
         out = self.model(*feats.as_inputs(self.device))
-        per_level = {lv: self.model.level_log_probs(out.logits, lv).exp().cpu() for lv in LEVELS}
-        elapsed = (time.perf_counter() - t0) * 1000 / max(len(queries), 1)
+        per_level = {lv: self.model.level_log_probs(out.logits, lv).float().cpu() for lv in LEVELS}
+        n = len(feats.has_text)
         threshold = float(self.model.review_threshold)
         results = []
-        for i in range(len(queries)):
-            levels = {lv: self._top(per_level[lv][i], lv, top_k) for lv in LEVELS}
+        for i in range(n):
+            levels = {lv: self._top(per_level[lv][i].exp(), lv, top_k) for lv in LEVELS}
             modality = {(True, True): "both", (True, False): "text", (False, True): "image"}[
                 (bool(feats.has_text[i]), bool(feats.has_image[i]))
             ]
@@ -163,16 +182,17 @@ class Classifier:
                     model_version=self.version,
                     nomenclature_edition=self.edition,
                     levels=levels,
-                    needs_review=levels[6][0].score < threshold,
+                    needs_review=levels[4][0].score < threshold,  # heading confidence
                     review_threshold=threshold,
-                    latency_ms=elapsed,
+                    latency_ms=0.0,
                     modality=modality,
                     gates=(float(out.gates[i, 0]), float(out.gates[i, 1])),
                     embedding=tuple(out.joint[i].float().cpu().tolist()),
-                    notes=feats.notes[i],
+                    notes=feats.notes[i] if feats.notes else (),
                 )
             )
-        return results
+        elapsed = (time.perf_counter() - t0) * 1000 / max(n, 1)
+        return [dataclasses.replace(r, latency_ms=elapsed) for r in results]
 
     def _top(self, probs: torch.Tensor, level: int, k: int) -> list[Candidate]:
         codes = self.space.codes(level)
@@ -221,6 +241,12 @@ class Features:
     has_text: torch.Tensor  # [B] bool
     has_image: torch.Tensor  # [B] bool
     notes: tuple[tuple[str, ...], ...] = ()
+
+    @staticmethod
+    def concat(parts: Sequence[Features]) -> Features:
+        fields = ("text", "image_pooled", "image_probs", "has_text", "has_image")
+        cat = [torch.cat([getattr(p, f) for p in parts]) for f in fields]
+        return Features(*cat, notes=tuple(n for p in parts for n in p.notes))
 
     def as_inputs(self, device: torch.device) -> tuple[torch.Tensor, ...]:
         return tuple(

@@ -1,0 +1,36 @@
+"""Temperature scaling (Guo et al. 2017) and the needs-review threshold, both fitted on validation data."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, log_probs_fn=None) -> float:
+    """The T minimising validation NLL of softmax(logits / T) (1-D search on log T; robust and exact enough).
+
+    Args:
+        logits: [N, K] uncalibrated scores.
+        targets: [N] gold indices.
+        log_probs_fn: optional (scaled_logits) -> log P at the label's level; default log_softmax.
+    """
+    fn = log_probs_fn or (lambda z: torch.log_softmax(z, dim=-1))
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 121))
+    with torch.no_grad():
+        nll = [float(-fn(logits / t).gather(1, targets[:, None]).mean()) for t in grid]
+    return float(grid[int(np.argmin(nll))])
+
+
+def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_accuracy: float = 0.9) -> float:
+    """Lowest confidence threshold whose answered rows reach `target_accuracy`; rows below go to a reviewer.
+
+    Returns 1.0 (everything reviewed) when no threshold reaches the target.
+    """
+    order = np.argsort(-confidence)
+    conf, corr = confidence[order], correct[order].astype(float)
+    running = np.cumsum(corr) / np.arange(1, len(corr) + 1)
+    ok = np.nonzero(running >= target_accuracy)[0]
+    if len(ok) == 0:
+        return 1.0
+    # the largest answered set that still meets the target
+    return float(conf[ok[-1]])

@@ -1,0 +1,171 @@
+"""Evaluation report: every set x modality x model variant, as a markdown table plus reliability plots.
+
+The towers run once per (set, condition); each model variant then only runs its small head over the same
+features, so ablations cost seconds. Evaluation files are only read here, never trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from hs_model.datasets import Example, convert_atlas, convert_hscodecomp, load_eval_jsonl, load_myntra, write_eval_jsonl
+from hs_model.evaluate import Modality, RowResult, encode_rows, evaluate_rows, score_rows
+from hs_model.predict import Classifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One evaluation set seen through one modality / text condition."""
+
+    name: str
+    examples: list[Example]
+    modality: Modality
+
+
+def myntra_conditions(data_dir: Path) -> list[Condition]:
+    test = [e for e in load_myntra(data_dir, "test") if e.images]
+    brand = [replace(e, text=(e.text or "").split()[0] if (e.text or "").split() else "") for e in test]
+    return [
+        Condition("Myntra test, title + photo", test, "both"),
+        Condition("Myntra test, title only", test, "text"),
+        Condition("Myntra test, photo only", test, "image"),
+        Condition("Myntra test, brand word + photo", brand, "both"),
+        Condition("Myntra test, empty text + photo", [replace(e, text="") for e in test], "both"),
+    ]
+
+
+def public_conditions(data_dir: Path, work: Path) -> list[Condition]:
+    work.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, fn, src in (
+        ("HSCodeComp", convert_hscodecomp, "hscodecomp.jsonl"),
+        ("ATLAS validation", convert_atlas, "atlas_validation.jsonl"),
+    ):
+        path = work / src
+        write_eval_jsonl(fn(data_dir / "eval" / src), path)
+        out.append(Condition(f"{name}, text", load_eval_jsonl(path), "text"))
+    return out
+
+
+def worst_headings(rows: list[RowResult | None], golds: list[str], n: int = 8) -> list[dict]:
+    """Headings with the most top-1 errors, and what they were confused with."""
+    errors: dict[str, Counter] = {}
+    totals: Counter = Counter()
+    for g, r in zip(golds, rows, strict=True):
+        if len(g) < 4:
+            continue
+        totals[g[:4]] += 1
+        pred = r.ranked[4][0] if r is not None else "none"
+        if pred != g[:4]:
+            errors.setdefault(g[:4], Counter())[pred] += 1
+    worst = sorted(errors, key=lambda h: -sum(errors[h].values()))[:n]
+    return [
+        {"heading": h, "rows": totals[h], "wrong": sum(errors[h].values()), "confused_with": errors[h].most_common(3)}
+        for h in worst
+    ]
+
+
+def reliability_plot(rows: list[RowResult | None], golds: list[str], level: int, title: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conf = np.array([r.top_prob[level] if r else 0.0 for r, g in zip(rows, golds, strict=True) if len(g) >= level])
+    hit = np.array(
+        [bool(r and r.ranked[level][0] == g[:level]) for r, g in zip(rows, golds, strict=True) if len(g) >= level]
+    )
+    edges = np.linspace(0, 1, 11)
+    mids, accs, counts = [], [], []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        m = (conf >= lo) & (conf < hi if hi < 1 else conf <= hi)
+        if m.any():
+            mids.append(conf[m].mean())
+            accs.append(hit[m].mean())
+            counts.append(int(m.sum()))
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=110)
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
+    ax.plot(mids, accs, "o-", color="#1f77b4", label="model")
+    for x, y, c in zip(mids, accs, counts, strict=True):
+        ax.annotate(str(c), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set(xlabel=f"confidence (HS{level} top-1)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def build_report(
+    main_dir: Path | None, variants: dict[str, Path | None], data_dir: Path, out: Path, work: Path
+) -> dict:
+    """Evaluate `variants` (name -> model folder; None = zero-shot) on every condition; write out/results.{md,json}."""
+    out.mkdir(parents=True, exist_ok=True)
+    base = Classifier(main_dir)
+    heads = {name: base.with_model(d) for name, d in variants.items()}
+    conditions = myntra_conditions(data_dir) + public_conditions(data_dir, work)
+    results: dict = {"variants": {n: h.version for n, h in heads.items()}, "conditions": {}}
+    for cond in conditions:
+        log.info("encoding %s (%d rows)", cond.name, len(cond.examples))
+        served, feats = encode_rows(base, cond.examples, cond.modality)
+        golds = [e.hs for e in cond.examples]
+        entry = {}
+        for name, head in heads.items():
+            rows = score_rows(head, cond.examples, served, feats)
+            m = evaluate_rows(head, cond.examples, cond.modality, rows)
+            entry[name] = m
+            if name == next(iter(heads)):
+                slug = "".join(ch if ch.isalnum() else "_" for ch in cond.name.lower()).strip("_")
+                level = 6 if all(len(g) >= 6 for g in golds) else 4
+                reliability_plot(rows, golds, level, cond.name, out / f"reliability_{slug}.png")
+                m["worst_headings"] = worst_headings(rows, golds)
+        results["conditions"][cond.name] = entry
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / "results.md").write_text(to_markdown(results))
+    return results
+
+
+def _pct(m: dict, level: str, key: str) -> str:
+    v = m.get("levels", {}).get(level, {}).get(key)
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def to_markdown(results: dict) -> str:
+    lines = [
+        "| set / condition | model | rows | HS2 top-1 / top-5 | HS4 top-1 / top-5 | HS6 top-1 / top-5 "
+        "| HS4 macro P / R / F1 | HS4 ECE | coverage / acc. when answered (HS4) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for cond, entry in results["conditions"].items():
+        for name, m in entry.items():
+            l4 = m["levels"].get("4", {})
+            cov = l4.get("coverage")
+            acc = l4.get("accuracy_when_answered")
+            lines.append(
+                f"| {cond} | {name} | {m['rows']} "
+                f"| {_pct(m, '2', 'top1')} / {_pct(m, '2', 'top5')} "
+                f"| {_pct(m, '4', 'top1')} / {_pct(m, '4', 'top5')} "
+                f"| {_pct(m, '6', 'top1')} / {_pct(m, '6', 'top5')} "
+                f"| {_pct(m, '4', 'macro_precision')} / {_pct(m, '4', 'macro_recall')} / {_pct(m, '4', 'macro_f1')} "
+                f"| {l4.get('ece', 0):.3f} "
+                f"| {'–' if cov is None else f'{100 * cov:.0f} %'} / {'–' if acc is None else f'{100 * acc:.1f}'} |"
+            )
+    lines.append("")
+    for cond, entry in results["conditions"].items():
+        first = next(iter(entry.values()))
+        if first.get("worst_headings"):
+            worst = "; ".join(
+                f"{w['heading']} ({w['wrong']}/{w['rows']} wrong → "
+                + ", ".join(f"{c}×{k}" for c, k in w["confused_with"])
+                + ")"
+                for w in first["worst_headings"][:5]
+            )
+            lines.append(f"- **{cond}**, worst headings: {worst}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,365 @@
+"""Train the joint model's small parts on cached frozen-tower features (minutes on a 2-core CPU).
+
+Data (all from ../shared/data, never from eval/): Myntra photo-title pairs with weak heading labels,
+UK parcel descriptions with officer-assigned codes, and the codes' own texts as extra text examples.
+Each Myntra product is seen as several views (title + photo, title only, photo only, brand + photo) so
+the fused model keeps working when a modality is missing or the text is poor (modality dropout).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hs_model.bank import build_official_bank, with_extra_prototypes
+from hs_model.calibration import choose_threshold
+from hs_model.checkpoint import ModelCard, save_checkpoint
+from hs_model.datasets import split_of
+from hs_model.features import cached_image_features, cached_text_embeddings
+from hs_model.losses import ClipLoss, hierarchical_nll
+from hs_model.model import HeadConfig, HsJointModel, LabelSpace
+from hs_model.predict import trained_parts
+from hs_model.towers import ImageTower, TextTower
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters; chosen on the validation splits only."""
+
+    epochs: int = 8
+    batch_size: int = 512
+    lr: float = 2e-3
+    correction_l2: float = 1e-3
+    clip_weight: float = 0.5
+    use_contrastive: bool = True
+    use_images: bool = True
+    bank_texts_per_code: int = 6
+    label_examples_per_epoch: int = 24_000
+    review_target_accuracy: float = 0.9
+    seed: int = 0
+
+
+@dataclass
+class FeatureSet:
+    """Cached tower outputs for a pool of training views, plus labels."""
+
+    text: torch.Tensor  # [N, E]
+    pooled: torch.Tensor  # [N, C]
+    probs: torch.Tensor  # [N, 1000]
+    has_text: torch.Tensor  # [N] bool
+    has_image: torch.Tensor  # [N] bool
+    target: torch.Tensor  # [N] index of the gold code within its level
+    level: torch.Tensor  # [N] 2 | 4 | 6
+    exclude: torch.Tensor  # [N] bank row to hide (label-text examples), else -1
+    pair: torch.Tensor  # [N] bool: a real photo-title pair (contrastive loss)
+    source: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def subset(self, idx: torch.Tensor) -> FeatureSet:
+        src = [self.source[i] for i in idx.tolist()] if self.source else []
+        return FeatureSet(*(getattr(self, f)[idx] for f in _TENSORS), source=src)
+
+    @staticmethod
+    def concat(parts: Sequence[FeatureSet]) -> FeatureSet:
+        parts = [p for p in parts if len(p)]
+        return FeatureSet(
+            *(torch.cat([getattr(p, f) for p in parts]) for f in _TENSORS), source=sum((p.source for p in parts), [])
+        )
+
+
+_TENSORS = ("text", "pooled", "probs", "has_text", "has_image", "target", "level", "exclude", "pair")
+
+
+def myntra_image_features(tower: ImageTower, data_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Features of every Myntra photo (one cache for all splits) and the row of each product id."""
+    paths = sorted((data_dir / "products" / "images").glob("*.jpg"), key=lambda p: int(p.stem))
+    return cached_image_features(tower, paths, "myntra"), {p.stem: i for i, p in enumerate(paths)}
+
+
+# -- training on feature pools (no towers needed: tests use tiny models) ---------------------------------------
+def fit(
+    model: HsJointModel,
+    train: FeatureSet,
+    val: FeatureSet,
+    cfg: TrainConfig,
+    label_pool: FeatureSet | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Train the model's small parts; keeps the epoch with the best validation top-1. Returns the history."""
+    torch.manual_seed(cfg.seed)
+    clip = ClipLoss()
+    params = [p for n, p in model.named_parameters() if not n.startswith("correction")]
+    opt = torch.optim.AdamW(
+        [
+            {"params": params + list(clip.parameters()), "weight_decay": 1e-4},
+            {"params": [model.correction, model.correction_bias], "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+    )
+    history, best, best_state = [], -1.0, None
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        pool = train
+        if label_pool is not None and len(label_pool):
+            take = torch.randperm(len(label_pool))[: cfg.label_examples_per_epoch]
+            pool = FeatureSet.concat([train, label_pool.subset(take)])
+        order = torch.randperm(len(pool))
+        steps = math.ceil(len(pool) / cfg.batch_size)
+        total = 0.0
+        for s in range(steps):
+            b = pool.subset(order[s * cfg.batch_size : (s + 1) * cfg.batch_size])
+            out = model(b.text, b.pooled, b.probs, b.has_text, b.has_image, b.exclude)
+            loss = hierarchical_nll(
+                lambda z, lv: model.level_log_probs(z, lv, temperature=False), out.logits, b.target, b.level
+            )
+            if cfg.use_contrastive and int(b.pair.sum()) > 1:
+                loss = loss + cfg.clip_weight * clip(out.text_joint[b.pair], out.image_joint[b.pair])
+            loss = loss + cfg.correction_l2 * model.correction.pow(2).sum(1).mean() * 100
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+        acc = accuracy(model, val)
+        row = {"epoch": epoch + 1, "loss": total / steps, "val_top1": acc, "seconds": time.perf_counter() - t0}
+        history.append(row)
+        log.info("epoch %(epoch)d loss %(loss).3f val top-1 %(val_top1).3f (%(seconds).0f s)", row)
+        if on_epoch:
+            on_epoch(row)
+        if acc > best:
+            best, best_state = acc, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def batch_logits(model: HsJointModel, fs: FeatureSet, chunk: int = 1024) -> torch.Tensor:
+    """Uncalibrated subheading logits for a feature pool. [N, S]."""
+    model.eval()
+    out = []
+    for i in range(0, len(fs), chunk):
+        part = fs.subset(torch.arange(i, min(i + chunk, len(fs))))
+        out.append(model(part.text, part.pooled, part.probs, part.has_text, part.has_image).logits)
+    return torch.cat(out) if out else torch.zeros(0, len(model.space.subheadings))
+
+
+def accuracy(model: HsJointModel, fs: FeatureSet) -> float:
+    """Top-1 at each row's own label level (mean over rows)."""
+    if not len(fs):
+        return 0.0
+    logits = batch_logits(model, fs)
+    hits = []
+    for level in (2, 4, 6):
+        rows = fs.level == level
+        if rows.any():
+            pred = model.level_log_probs(logits[rows], level).argmax(-1)
+            hits.append((pred == fs.target[rows]).float())
+    return float(torch.cat(hits).mean())
+
+
+@torch.no_grad()
+def calibrate(model: HsJointModel, val: FeatureSet, target_accuracy: float) -> dict:
+    """Temperature on validation NLL; then the review threshold on heading confidence for a target accuracy."""
+    logits = batch_logits(model, val)
+    grid = np.exp(np.linspace(np.log(0.1), np.log(10.0), 93))
+    nll = []
+    for t in grid:
+        model.temperature.fill_(float(t))
+        nll.append(float(hierarchical_nll(model.level_log_probs, logits, val.target, val.level)))
+    model.temperature.fill_(float(grid[int(np.argmin(nll))]))
+    rows = val.level >= 4
+    logp4 = model.level_log_probs(logits[rows], 4)
+    gold4 = [
+        model.space.codes(lv)[t][:4] for t, lv in zip(val.target[rows].tolist(), val.level[rows].tolist(), strict=True)
+    ]
+    pred4 = [model.space.headings[i] for i in logp4.argmax(-1).tolist()]
+    conf = logp4.exp().max(-1).values.numpy()
+    correct = np.array([g == p for g, p in zip(gold4, pred4, strict=True)], dtype=float)
+    threshold = choose_threshold(conf, correct, target_accuracy) if len(conf) else 1.0
+    model.review_threshold.fill_(threshold)
+    return {"temperature": float(model.temperature), "review_threshold": threshold, "val_nll": min(nll)}
+
+
+_FRAGMENT_START = {"of", "in", "with", "for", "other", "having", "valued", "containing", "weighing", "not", "over"}
+
+
+def prototype_text(text: str) -> str | None:
+    """A tariff line or common name made fit to be a prototype, or None when it says nothing on its own.
+
+    US tariff paths are cut to their last two segments ("...: Other: Toy jewelry valued not over 8 cents"
+    keeps the specific end, which truncation at the tower's token limit would otherwise lose), "Other"
+    segments are dropped, and fragments such as "Of cotton" (meaningless without their parent) are skipped.
+    """
+    segments = [s.strip() for s in text.split(": ") if s.strip().lower().rstrip(":") not in {"other", "others", ""}]
+    if not segments:
+        return None
+    short = ": ".join(segments[-2:])
+    words = short.split()
+    if words[0].lower() in _FRAGMENT_START and len(words) < 4:
+        return None
+    return short
+
+
+class Trainer:
+    """Builds the feature pools once, then trains, calibrates and saves."""
+
+    def __init__(self, data_dir: Path, cfg: TrainConfig = TrainConfig()) -> None:
+        from hs_model.nomenclature import EDITION, get_nomenclature
+
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.cfg, self.data_dir, self.edition = cfg, data_dir, EDITION
+        self.text_tower, self.image_tower = TextTower(), ImageTower()
+        self.space = LabelSpace.from_codes([c.digits for c in get_nomenclature().subheadings])
+        self.pos = {lv: {c: i for i, c in enumerate(self.space.codes(lv))} for lv in (2, 4, 6)}
+        self.official = build_official_bank(self.text_tower, self.space, EDITION)
+        self.extra_emb, self.extra_code, self.extra_texts = self._extra_bank()
+        self.bank = with_extra_prototypes(self.official, self.extra_emb, self.extra_code)
+
+    # -- label bank -------------------------------------------------------------------------------------------
+    def _extra_bank(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Tariff lines and common names (beyond the official text) as further prototypes, capped per code."""
+        from hs_model.label_texts import code_texts
+
+        texts, codes = [], []
+        for code, items in code_texts(self.data_dir, max_per_code=3 * self.cfg.bank_texts_per_code).items():
+            if code not in self.pos[6]:
+                continue
+            kept = [p for p in (prototype_text(t) for t in items[1:]) if p]  # items[0] is the official text
+            for t in list(dict.fromkeys(kept))[: self.cfg.bank_texts_per_code]:
+                texts.append(t)
+                codes.append(self.pos[6][code])
+        emb = cached_text_embeddings(self.text_tower, texts, "bank")
+        return emb, torch.tensor(codes, dtype=torch.long), texts
+
+    # -- feature pools -------------------------------------------------------------------------------------------
+    def _text_pool(
+        self, texts: list[str], codes: list[str], source: str, exclude: list[int] | None = None
+    ) -> FeatureSet:
+        keep = [i for i, c in enumerate(codes) if len(c) in (2, 4, 6) and c in self.pos[len(c)]]
+        texts, codes = [texts[i] for i in keep], [codes[i] for i in keep]
+        n = len(texts)
+        emb = cached_text_embeddings(self.text_tower, texts, source)
+        return FeatureSet(
+            text=emb,
+            pooled=torch.zeros(n, self.image_tower.dim),
+            probs=torch.zeros(n, 1000),
+            has_text=torch.ones(n, dtype=torch.bool),
+            has_image=torch.zeros(n, dtype=torch.bool),
+            target=torch.tensor([self.pos[len(c)][c] for c in codes], dtype=torch.long),
+            level=torch.tensor([len(c) for c in codes], dtype=torch.long),
+            exclude=torch.tensor([exclude[i] for i in keep] if exclude else [-1] * n, dtype=torch.long),
+            pair=torch.zeros(n, dtype=torch.bool),
+            source=[source] * n,
+        )
+
+    def myntra_views(self, split: str) -> dict[str, FeatureSet]:
+        """Myntra products of one split as views: full (title + photo), text, image, brand (first word + photo)."""
+        from hs_model.datasets import load_myntra
+
+        img, row_of = myntra_image_features(self.image_tower, self.data_dir)
+        rows = [e for e in load_myntra(self.data_dir, split) if e.images and e.id in row_of]
+        rows = [e for e in rows if bool(img["ok"][row_of[e.id]])]
+        idx = torch.tensor([row_of[e.id] for e in rows], dtype=torch.long)
+        pooled, probs = img["pooled"][idx], img["probs"][idx]
+        titles = [e.text or "" for e in rows]
+        brands = [t.split()[0] if t.split() else "" for t in titles]
+        full_t = cached_text_embeddings(self.text_tower, titles, f"myntra-{split}-title")
+        brand_t = cached_text_embeddings(self.text_tower, brands, f"myntra-{split}-brand")
+        n = len(rows)
+        target = torch.tensor([self.pos[len(e.hs)][e.hs] for e in rows], dtype=torch.long)
+        level = torch.tensor([len(e.hs) for e in rows], dtype=torch.long)
+        yes, no = torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)
+        zeros_img, zeros_p = torch.zeros_like(pooled), torch.zeros_like(probs)
+
+        def view(text, p, q, has_t, has_i, pair, name) -> FeatureSet:
+            return FeatureSet(text, p, q, has_t, has_i, target, level, torch.full((n,), -1), pair, [name] * n)
+
+        return {
+            "full": view(full_t, pooled, probs, yes, yes, yes, "myntra-full"),
+            "text": view(full_t, zeros_img, zeros_p, yes, no, no, "myntra-text"),
+            "image": view(torch.zeros_like(full_t), pooled, probs, no, yes, no, "myntra-image"),
+            "brand": view(brand_t, pooled, probs, yes, yes, no, "myntra-brand"),
+        }
+
+    def uk_parcels(self, split: str) -> FeatureSet:
+        from hs_model.datasets import load_uk_parcels
+
+        rows = [e for e in load_uk_parcels(self.data_dir) if split_of(e.text or e.id) == split]
+        return self._text_pool([e.text or "" for e in rows], [e.hs for e in rows], f"uk-{split}")
+
+    def label_text_pool(self) -> FeatureSet:
+        """Every bank text as an example of its own code, with itself hidden from the bank while scoring it."""
+        n_off = len(self.official.text_code)
+        codes = [self.space.subheadings[i] for i in self.extra_code.tolist()]
+        pool = self._text_pool(self.extra_texts, codes, "bank", exclude=list(range(n_off, n_off + len(codes))))
+        return pool
+
+    def new_model(self) -> HsJointModel:
+        return HsJointModel(self.space, self.bank, HeadConfig(self.text_tower.dim, self.image_tower.dim))
+
+    def save(self, model: HsJointModel, out: Path, card_extra: dict) -> ModelCard:
+        tensors = trained_parts(model)
+        tensors["bank.emb"] = self.extra_emb.half()
+        tensors["bank.code"] = torch.tensor(
+            [int(self.space.subheadings[i]) for i in self.extra_code.tolist()], dtype=torch.int32
+        )
+        card = ModelCard(
+            version=card_extra.pop("version"),
+            nomenclature_edition=self.edition,
+            text_tower=self.text_tower.name,
+            image_tower=self.image_tower.name,
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
+            kind="trained",
+            review_threshold=float(model.review_threshold),
+            training={"config": asdict(self.cfg), **card_extra.pop("training", {})},
+            metrics=card_extra.pop("metrics", {}),
+        )
+        return save_checkpoint(out, tensors, card)
+
+
+def train_default(data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(), version: str | None = None) -> ModelCard:
+    """The full recipe behind the shipped model: build pools, fit, calibrate, save."""
+    t0 = time.perf_counter()
+    tr = Trainer(data_dir, cfg)
+    m_train, m_val = tr.myntra_views("train"), tr.myntra_views("val")
+    views = ["full", "text", "image", "brand"] if cfg.use_images else ["text"]
+    train = FeatureSet.concat([m_train[v] for v in views] + [tr.uk_parcels("train")])
+    val_parts = {f"myntra-{v}": m_val[v] for v in views} | {"uk-val": tr.uk_parcels("val")}
+    val = FeatureSet.concat(list(val_parts.values()))
+    model = tr.new_model()
+    history = fit(model, train, val, cfg, tr.label_text_pool())
+    calib = calibrate(model, val, cfg.review_target_accuracy)
+    val_metrics = {name: accuracy(model, fs) for name, fs in val_parts.items()}
+    card = tr.save(
+        model,
+        out,
+        {
+            "version": version or f"hsdesk-{datetime.now(UTC):%Y%m%d-%H%M}",
+            "training": {
+                "rows": {"train_views": len(train), "val_views": len(val), "bank_extra_texts": len(tr.extra_texts)},
+                "history": history,
+                "calibration": calib,
+                "seconds": time.perf_counter() - t0,
+                "split": "md5(id) % 5 == 0 -> test, % 10 == 1 -> val, else train (Myntra by product id, UK by text)",
+            },
+            "metrics": {"validation_top1": val_metrics},
+        },
+    )
+    log.info("saved %s to %s in %.0f s", card.version, out, time.perf_counter() - t0)
+    return card
