@@ -152,36 +152,21 @@ def test_cli_export_on_brand_new_db_writes_header_only(tmp_path: Path):
         engine.dispose()
 
 
-def test_cli_export_filters_and_formats(tmp_path: Path):
+def test_cli_export_filters_and_formats(tmp_path: Path, capsys):
     url = f"sqlite:///{tmp_path / 'x.sqlite3'}"
-    assert _cli("upgrade", "--db", url).returncode == 0
+    assert cli_main(["upgrade", "--db", url]) == 0
     engine = make_engine(url)
     with make_session_factory(engine).begin() as session:
         _seed(session)
     engine.dispose()
     out = tmp_path / "log.jsonl"
-    result = _cli(
-        "export",
-        "--db",
-        url,
-        "--format",
-        "jsonl",
-        "--out",
-        str(out),
-        "--status",
-        "approved",
-        "--code-prefix",
-        "73",
-        "--user",
-        "rey",
-        "--since",
-        "2000-01-01",
-    )
-    assert result.returncode == 0, result.stderr
+    argv = ["export", "--db", url, "--format", "jsonl", "--out", str(out), "--status", "approved"]
+    assert cli_main([*argv, "--code-prefix", "73", "--user", "rey", "--since", "2000-01-01"]) == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["kind"], r["code"]) for r in records] == [("approved", "731815")]
-    result = _cli("export", "--db", url, "--format", "parquet", "--out", str(tmp_path / "p.parquet"))
-    assert result.returncode == 0 and pq.read_table(tmp_path / "p.parquet").num_rows == 4
+    assert cli_main(["export", "--db", url, "--format", "parquet", "--out", str(tmp_path / "p.parquet")]) == 0
+    assert pq.read_table(tmp_path / "p.parquet").num_rows == 4
+    assert "wrote 4 decision(s)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -223,7 +208,7 @@ def test_cli_never_prints_a_password_from_the_url(capsys):
     assert "cannot open database" in err and "s3cret" not in err
 
 
-def test_cli_users_create_reads_stdin_and_never_echoes(tmp_path: Path):
+def test_cli_users_create_reads_stdin_and_never_echoes(tmp_path: Path, capsys, monkeypatch):
     url = f"sqlite:///{tmp_path / 'u.sqlite3'}"
     secret = "correct horse battery"
     result = _cli(
@@ -249,7 +234,9 @@ def test_cli_users_create_reads_stdin_and_never_echoes(tmp_path: Path):
         assert [e.action for e in events] == ["user_created"] and secret not in json.dumps(events[0].detail)
     finally:
         engine.dispose()
-    short = _cli("users", "create", "--db", url, "--username", "bob", "--role", "broker", stdin="short\n")
-    assert short.returncode == 2 and "at least 10 characters" in short.stderr
-    dup = _cli("users", "create", "--db", url, "--username", "admin", "--role", "broker", stdin=secret + "\n")
-    assert dup.returncode == 2 and "taken" in dup.stderr
+    monkeypatch.setattr(sys, "stdin", io.StringIO("short\n"))
+    assert cli_main(["users", "create", "--db", url, "--username", "bob", "--role", "broker"]) == 2
+    assert "at least 10 characters" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "stdin", io.StringIO(secret + "\n"))
+    assert cli_main(["users", "create", "--db", url, "--username", "ADMIN", "--role", "broker"]) == 2
+    assert "taken" in capsys.readouterr().err

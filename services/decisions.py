@@ -1,0 +1,248 @@
+"""Classification decisions: brokers submit a code, reviewers approve, correct or reject it (append-only)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+
+from sqlalchemy.orm import Session
+
+from db.models import Decision, LineItem, Prediction
+from db.queries import (
+    ItemState,
+    QueueFilter,
+    QueueItem,
+    add_audit_event,
+    add_decision,
+    current_state,
+    latest_prediction,
+)
+from db.queries import review_queue as _review_queue
+from services.auth import Actor, refresh_actor, require_role
+from services.errors import InvalidInput, NotFound, PermissionDenied
+
+log = logging.getLogger(__name__)
+
+CodeValidator = Callable[[str], bool]
+SUBMITTERS = ("broker", "admin")
+REVIEWERS = ("reviewer", "admin")
+_SEPARATORS = re.compile(r"[\s.\-]")
+MAX_COMMENT_LENGTH = 4000
+
+
+def format_code(code: str) -> str:
+    """``"610910"`` -> ``"6109.10"`` (how brokers write subheadings)."""
+    return f"{code[:4]}.{code[4:]}" if len(code) == 6 else code
+
+
+def normalise_code(code: str, valid_code: CodeValidator | None = None) -> str:
+    """Turn ``"6109.10"``, ``"6109 10"`` or ``"610910"`` into ``"610910"``.
+
+    Args:
+        code: What the user typed.
+        valid_code: Optional check that the 6-digit code exists in the nomenclature
+            (e.g. ``hs_model.nomenclature``'s lookup); skipped when ``None``.
+
+    Raises:
+        InvalidInput: Not six digits, or refused by ``valid_code``.
+    """
+    raw = (code or "").strip()
+    digits = _SEPARATORS.sub("", raw)
+    if len(digits) != 6 or not digits.isdigit():
+        raise InvalidInput(f"{raw!r} is not a 6-digit HS subheading (write it like 6109.10).")
+    if valid_code is not None and not valid_code(digits):
+        raise InvalidInput(f"{format_code(digits)} is not a subheading of the nomenclature in use.")
+    return digits
+
+
+def _comment(text: str | None, *, required: str | None = None) -> str:
+    text = (text or "").strip()
+    if required and not text:
+        raise InvalidInput(required)
+    if len(text) > MAX_COMMENT_LENGTH:
+        raise InvalidInput(f"Comments are limited to {MAX_COMMENT_LENGTH} characters.")
+    return text
+
+
+def _lock_item(session: Session, line_item_id: int) -> LineItem:
+    # FOR UPDATE serialises decisions on one item on PostgreSQL; SQLite has a single writer anyway.
+    item = session.get(LineItem, line_item_id, with_for_update=True)
+    if item is None:
+        raise NotFound(f"Line item {line_item_id} does not exist.")
+    return item
+
+
+def _describe(state: ItemState) -> str:
+    if state.status == "submitted":
+        return f"was submitted as {format_code(state.submitted_code or '')} and is waiting for review"
+    if state.status in ("approved", "corrected"):
+        return f"is already final ({state.status} as {format_code(state.final_code or '')})"
+    if state.status == "rejected":
+        return "was rejected and needs a new submission"
+    return "has not been submitted yet"
+
+
+def _prediction_for(session: Session, line_item_id: int, prediction_id: int | None) -> Prediction | None:
+    if prediction_id is None:
+        return latest_prediction(session, line_item_id)
+    prediction = session.get(Prediction, prediction_id)
+    if prediction is None or prediction.line_item_id != line_item_id:
+        raise InvalidInput(f"Prediction {prediction_id} does not belong to line item {line_item_id}.")
+    return prediction
+
+
+def _record(
+    session: Session,
+    actor: Actor,
+    item: LineItem,
+    *,
+    kind: str,
+    code: str | None,
+    comment: str,
+    prediction: Prediction | None,
+) -> Decision:
+    decision = add_decision(
+        session,
+        line_item_id=item.id,
+        kind=kind,
+        code=code,
+        comment=comment,
+        user_id=actor.user_id,
+        role=actor.role,
+        prediction_id=prediction.id if prediction else None,
+        model_version=prediction.model_version if prediction else None,
+        nomenclature_edition=prediction.nomenclature_edition if prediction else None,
+    )
+    add_audit_event(
+        session,
+        action="submission" if kind == "submitted" else "review",
+        user_id=actor.user_id,
+        username=actor.username,
+        detail={
+            "line_item_id": item.id,
+            "decision_id": decision.id,
+            "kind": kind,
+            "code": code,
+            "prediction_id": decision.prediction_id,
+        },
+    )
+    log.info("line item %s %s by %s (%s)", item.id, kind, actor.username, code)
+    return decision
+
+
+def submit(
+    session: Session,
+    actor: Actor | None,
+    line_item_id: int,
+    code: str,
+    justification: str = "",
+    prediction_id: int | None = None,
+    *,
+    valid_code: CodeValidator | None = None,
+) -> Decision:
+    """Submit a code for a new (or rejected) line item. Brokers and admins.
+
+    Raises:
+        PermissionDenied: Not signed in or wrong role.
+        NotFound: No such line item.
+        InvalidInput: Bad code, foreign prediction, or the item is already submitted or final.
+    """
+    actor = refresh_actor(session, require_role(actor, *SUBMITTERS, action="submit classifications"))
+    item = _lock_item(session, line_item_id)
+    state = current_state(session, item.id)
+    if state.status not in ("new", "rejected"):
+        raise InvalidInput(f"Line item {item.id} {_describe(state)}.")
+    code = normalise_code(code, valid_code)
+    prediction = _prediction_for(session, item.id, prediction_id)
+    return _record(
+        session, actor, item, kind="submitted", code=code, comment=_comment(justification), prediction=prediction
+    )
+
+
+def _start_review(session: Session, actor: Actor | None, line_item_id: int, action: str) -> tuple[LineItem, ItemState]:
+    actor = refresh_actor(session, require_role(actor, *REVIEWERS, action=action))
+    item = _lock_item(session, line_item_id)
+    state = current_state(session, item.id)
+    if state.status != "submitted":
+        raise InvalidInput(f"Only submitted items can be reviewed; line item {item.id} {_describe(state)}.")
+    if state.last_submission is not None and state.last_submission.user_id == actor.user_id:
+        raise PermissionDenied("You cannot review your own submission; another reviewer has to.")
+    return item, state
+
+
+def approve(session: Session, actor: Actor | None, line_item_id: int, comment: str = "") -> Decision:
+    """Approve the submitted code as final. Reviewers and admins, never on their own submission.
+
+    Raises:
+        PermissionDenied: Not signed in, wrong role, or reviewing one's own submission.
+        NotFound: No such line item.
+        InvalidInput: The item is not waiting for review.
+    """
+    item, state = _start_review(session, actor, line_item_id, "approve classifications")
+    prediction = latest_prediction(session, item.id)
+    return _record(
+        session,
+        actor,
+        item,
+        kind="approved",
+        code=state.submitted_code,
+        comment=_comment(comment),
+        prediction=prediction,
+    )
+
+
+def correct(
+    session: Session,
+    actor: Actor | None,
+    line_item_id: int,
+    code: str,
+    reason: str,
+    *,
+    valid_code: CodeValidator | None = None,
+) -> Decision:
+    """Replace the submitted code with ``code``; the submission stays in the history. Reason required.
+
+    Raises:
+        PermissionDenied: Not signed in, wrong role, or reviewing one's own submission.
+        NotFound: No such line item.
+        InvalidInput: Not waiting for review, no reason, bad code, or the same code as submitted.
+    """
+    item, state = _start_review(session, actor, line_item_id, "correct classifications")
+    text = _comment(reason, required="Give a reason for the correction.")
+    code = normalise_code(code, valid_code)
+    if code == state.submitted_code:
+        raise InvalidInput(f"{format_code(code)} is the submitted code; approve it instead of correcting it.")
+    prediction = latest_prediction(session, item.id)
+    return _record(session, actor, item, kind="corrected", code=code, comment=text, prediction=prediction)
+
+
+def reject(session: Session, actor: Actor | None, line_item_id: int, reason: str) -> Decision:
+    """Send a submission back to the broker without a code. Reason required.
+
+    Raises:
+        PermissionDenied: Not signed in, wrong role, or reviewing one's own submission.
+        NotFound: No such line item.
+        InvalidInput: Not waiting for review, or no reason.
+    """
+    item, _ = _start_review(session, actor, line_item_id, "reject classifications")
+    text = _comment(reason, required="Give a reason for the rejection.")
+    prediction = latest_prediction(session, item.id)
+    return _record(session, actor, item, kind="rejected", code=None, comment=text, prediction=prediction)
+
+
+def review_queue(session: Session, actor: Actor | None, filters: QueueFilter | None = None) -> list[QueueItem]:
+    """Items waiting for review (or another derived status via ``filters``), oldest first. Reviewers and admins."""
+    refresh_actor(session, require_role(actor, *REVIEWERS, action="see the review queue"))
+    try:
+        return _review_queue(session, filters)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def item_state(session: Session, actor: Actor | None, line_item_id: int) -> ItemState:
+    """The derived state and full decision history of one line item. Any signed-in user."""
+    refresh_actor(session, require_role(actor, "broker", "reviewer", "admin", action="see line items"))
+    if session.get(LineItem, line_item_id) is None:
+        raise NotFound(f"Line item {line_item_id} does not exist.")
+    return current_state(session, line_item_id)
