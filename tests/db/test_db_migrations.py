@@ -12,6 +12,7 @@ from sqlalchemy import inspect
 
 from db.engine import REPO_ROOT, make_engine, upgrade
 from db.models import Base
+from db.testing import fresh_database
 
 EXPECTED_TABLES = {
     "users",
@@ -54,17 +55,17 @@ def test_upgrade_is_idempotent(db_url):
     upgrade(db_url)
 
 
-def test_concurrent_upgrades_from_several_processes(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'race.sqlite3'}"
+def test_concurrent_upgrades_from_several_processes(backend, tmp_path: Path):
     code = "import sys; from db.engine import upgrade; upgrade(sys.argv[1])"
-    procs = [
-        subprocess.Popen([sys.executable, "-c", code, url], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
-        for _ in range(3)
-    ]
-    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
-    assert all(rc == 0 for rc, _ in results), results
-    engine = make_engine(url)
-    try:
-        assert set(inspect(engine).get_table_names()) == EXPECTED_TABLES
-    finally:
-        engine.dispose()
+    with fresh_database(backend, tmp_path) as url:
+        procs = [
+            subprocess.Popen([sys.executable, "-c", code, url], cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+            for _ in range(3)
+        ]
+        results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+        assert all(rc == 0 for rc, _ in results), results
+        engine = make_engine(url)
+        try:
+            assert set(inspect(engine).get_table_names()) == EXPECTED_TABLES
+        finally:
+            engine.dispose()
