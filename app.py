@@ -1,0 +1,117 @@
+"""HS desk entry point: sign-in, the role-based page list, and the sidebar (who, which model).
+
+Run with ``streamlit run app.py``. Env: ``HS_DB_URL`` (database, migrated at start), ``HS_PHOTO_DIR``
+(photo store), ``HS_MODEL_DIR`` (trained model folder; zero-shot when it has no card).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+import streamlit as st
+
+from db.models import utcnow
+from db.queries import count_users
+from pages import common
+from services.auth import SESSION_TTL, authenticate, sign_out
+from services.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+PAGES = {
+    "classify": st.Page("pages/classify.py", title="Classify", icon=":material/search:", url_path="classify"),
+    "review": st.Page("pages/review.py", title="Review", icon=":material/fact_check:", url_path="review"),
+    "decision_log": st.Page(
+        "pages/decision_log.py", title="Decision log", icon=":material/table_view:", url_path="decision-log"
+    ),
+}
+ROLE_PAGES = {
+    "broker": ("classify",),
+    "reviewer": ("review",),
+    "admin": ("classify", "review", "decision_log"),
+}
+FIRST_ADMIN_COMMAND = "python -m db users create --username admin --role admin"
+
+
+def sign_in_screen() -> None:
+    """Username/password form; with no users at all, how to create the first admin."""
+    st.title("HS desk")
+    if common.in_transaction(count_users) == 0:
+        st.info("There are no users yet. Create the first admin on the server, then sign in here:")
+        st.code(FIRST_ADMIN_COMMAND, language="bash")
+        return
+    with st.form("auth_sign_in"):
+        username = st.text_input("Username", key="auth_username", autocomplete="username")
+        password = st.text_input("Password", key="auth_password", type="password", autocomplete="current-password")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if submitted:
+        try:
+            actor = common.in_transaction(lambda session: authenticate(session, username, password))
+        except ServiceError as exc:
+            st.error(str(exc))
+            return
+        st.session_state[common.ACTOR_KEY] = actor
+        st.session_state[common.SIGNED_IN_AT_KEY] = utcnow()
+        st.rerun()
+
+
+def do_sign_out(reason: str | None = None) -> None:
+    """Record the sign-out and forget everything this browser session held."""
+    actor = common.current_actor()
+    if actor is not None:
+        try:
+            common.in_transaction(lambda session: sign_out(session, actor))
+        except ServiceError:
+            log.warning("could not record sign-out of %s", actor.username, exc_info=True)
+    st.session_state.clear()
+    if reason:
+        st.session_state["auth_notice"] = reason
+
+
+def sidebar(actor) -> None:
+    """Who is signed in, which model and nomenclature answer, and the sign-out button."""
+    with st.sidebar:
+        st.markdown(
+            f"Signed in as **{actor.username}** ({actor.role})", help="Your role decides which screens you see."
+        )
+        st.button("Sign out", key="auth_sign_out", on_click=do_sign_out)
+        st.divider()
+        try:
+            classifier, fallback_reason = common.classifier()
+        except Exception as exc:  # a broken model must not lock reviewers and admins out of their screens
+            log.exception("model failed to load")
+            st.error(f"The model could not be loaded: {exc}")
+            return
+        st.caption("Model")
+        kind = "" if classifier.card.kind in classifier.version else f" · {classifier.card.kind}"
+        st.markdown(f"`{classifier.version}`{kind}")
+        st.caption("Nomenclature")
+        st.markdown(f"`{classifier.edition}`")
+        if fallback_reason:
+            st.warning(
+                "Zero-shot mode: no trained model is installed, so the candidates come from the untrained model.",
+                icon=":material/info:",
+            )
+            st.caption(fallback_reason)
+
+
+def main() -> None:
+    st.set_page_config(page_title="HS desk", page_icon=":material/inventory_2:", layout="wide")
+    actor = common.current_actor()
+    signed_in_at: datetime | None = st.session_state.get(common.SIGNED_IN_AT_KEY)
+    if actor is not None and (signed_in_at is None or utcnow() - signed_in_at > SESSION_TTL):
+        do_sign_out("Your session expired; please sign in again.")
+        actor = None
+    if actor is None:
+        notice = st.session_state.pop("auth_notice", None)
+        if notice:
+            st.info(notice)
+        st.navigation([st.Page(sign_in_screen, title="Sign in", url_path="sign-in")], position="hidden").run()
+        return
+    sidebar(actor)
+    pages = [PAGES[name] for name in ROLE_PAGES.get(actor.role, ())]
+    st.navigation(pages).run()
+
+
+main()

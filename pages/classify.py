@@ -1,0 +1,276 @@
+"""Classify screen: a product's description and photos in, HS candidates at 6/4/2 digits out, the broker's code back."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from pages import common
+from services.classify import (
+    MAX_DESCRIPTION_CHARS,
+    MAX_PHOTOS,
+    MAX_REF_CHARS,
+    UploadedPhoto,
+    classify_and_record,
+    format_code,
+    official_path,
+    search_subheadings,
+    submit_decision,
+)
+from services.errors import ServiceError
+
+LEVEL_TITLES = {6: "Subheadings (6 digits)", 4: "Headings (4 digits)", 2: "Chapters (2 digits)"}
+LEVEL_NAMES = {6: "Subheading", 4: "Heading", 2: "Chapter"}
+MODALITY = {"text": "the description", "image": "the photos", "both": "the description and photos"}
+PATH_LABELS = {"section": "Section", "chapter": "Chapter", "heading": "Heading", "subheading": "Subheading"}
+OTHER = "other"  # radio value for "a code that is not among the candidates"
+RESULT_KEYS = ("classify_result", "classify_decision", "classify_choice", "classify_search", "classify_pick")
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]()#+-.!|<>~$"})
+
+st.session_state.setdefault("classify_upload_round", 0)  # bumped to empty the uploader
+
+
+def md(text: str) -> str:
+    """Escape Markdown so that user or nomenclature text renders literally."""
+    return text.translate(_MD_SPECIAL)
+
+
+def percent(score: float) -> str:
+    return "<1%" if score < 0.005 else f"{score:.0%}"
+
+
+def clear_results() -> None:
+    """Inputs changed: the shown results no longer describe them."""
+    for key in RESULT_KEYS:
+        st.session_state.pop(key, None)
+
+
+def start_over() -> None:
+    clear_results()
+    for key in ("classify_text", "classify_shipment", "classify_line", "classify_justification"):
+        st.session_state.pop(key, None)
+    st.session_state["classify_upload_round"] += 1
+
+
+def inputs() -> tuple[str, list, str, str, bool]:
+    """Draw the input form; returns the description, uploaded files, references and whether Classify was clicked."""
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        text = st.text_area(
+            "Product description",
+            key="classify_text",
+            height=170,
+            placeholder="What it is, what it is made of, what it is for. E.g. men's knitted cotton T-shirt, short sleeves",
+            on_change=clear_results,
+        )
+        # Our own counter rather than max_chars, which would cut a pasted text short without a word.
+        over = len(text) > MAX_DESCRIPTION_CHARS
+        counter = f"{len(text):,} / {MAX_DESCRIPTION_CHARS:,} characters"
+        st.caption(f":red[{counter}: too long, shorten it before classifying]" if over else counter)
+        ref_col, line_col = st.columns(2)
+        shipment = ref_col.text_input(
+            "Shipment reference (optional)", key="classify_shipment", max_chars=MAX_REF_CHARS, on_change=clear_results
+        )
+        line = line_col.text_input(
+            "Line reference (optional)", key="classify_line", max_chars=MAX_REF_CHARS, on_change=clear_results
+        )
+    with right:
+        files = st.file_uploader(
+            f"Photos (JPEG, PNG or WebP; up to {MAX_PHOTOS})",
+            type=["jpg", "jpeg", "png", "webp"],
+            accept_multiple_files=True,
+            key=f"classify_photos_{st.session_state['classify_upload_round']}",
+            on_change=clear_results,
+        )
+        if files:
+            st.image(
+                [f.getvalue() for f in files[:MAX_PHOTOS]], width=110, caption=[f.name for f in files[:MAX_PHOTOS]]
+            )
+    clicked = st.button("Classify", type="primary", icon=":material/search:", key="classify_run")
+    return text, files or [], shipment, line, clicked
+
+
+def run_classification(text: str, files: list, shipment: str, line: str) -> None:
+    clear_results()
+    photos = [UploadedPhoto(f.name, f.getvalue()) for f in files]
+    actor = common.current_actor()
+    try:
+        classifier, _ = common.classifier()
+        with st.spinner("Classifying…"):
+            recorded = common.in_transaction(
+                lambda session: classify_and_record(
+                    session,
+                    classifier,
+                    actor,
+                    text=text,
+                    photos=photos,
+                    shipment_ref=shipment,
+                    line_ref=line,
+                    photo_root=common.photo_root(),
+                )
+            )
+    except ServiceError as exc:
+        st.error(str(exc), icon=":material/error:")
+        return
+    st.session_state["classify_result"] = recorded
+
+
+def level_chart(candidates) -> alt.Chart:
+    frame = pd.DataFrame(
+        {
+            "code": [format_code(c.code) for c in candidates],
+            "probability": [c.score for c in candidates],
+            "description": [c.description for c in candidates],
+        }
+    )
+    return (
+        alt.Chart(frame)
+        .mark_bar()
+        .encode(
+            x=alt.X("probability:Q", title="Probability", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+            y=alt.Y("code:N", title=None, sort="-x"),
+            tooltip=["code", "description", alt.Tooltip("probability:Q", format=".1%")],
+        )
+        .properties(height=34 * len(frame) + 30)
+    )
+
+
+def level_table(candidates) -> None:
+    frame = pd.DataFrame(
+        {
+            "Code": [format_code(c.code) for c in candidates],
+            "Official description": [c.description for c in candidates],
+            "Probability": [100 * c.score for c in candidates],
+        }
+    )
+    st.dataframe(
+        frame,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "Code": st.column_config.TextColumn(width="small"),
+            "Official description": st.column_config.TextColumn(width="large"),
+            "Probability": st.column_config.NumberColumn(format="%.1f%%", width="small"),
+        },
+    )
+
+
+def show_prediction(recorded) -> None:
+    prediction = recorded.prediction
+    top = prediction.levels[6][0]
+    st.subheader(f"Candidates for line item #{recorded.line_item_id}")
+    st.caption(
+        f"Model {prediction.model_version} · {prediction.nomenclature_edition} · read "
+        f"{MODALITY.get(prediction.modality, prediction.modality)} · {prediction.latency_ms:,.0f} ms"
+    )
+    if prediction.needs_review:
+        heading = prediction.levels[4][0]
+        st.warning(
+            f"**Needs review: the model is unsure.** Its confidence is below the "
+            f"{prediction.review_threshold:.0%} review threshold (best heading {format_code(heading.code)} at "
+            f"{percent(heading.score)}, best subheading {format_code(top.code)} at {percent(top.score)}). "
+            "Check the candidates and the official path before choosing a code.",
+            icon=":material/warning:",
+        )
+    for note in prediction.notes:
+        st.info(note, icon=":material/info:")
+
+    for column, level in zip(st.columns(3), (6, 4, 2), strict=True):
+        best = prediction.levels[level][0]
+        column.metric(
+            LEVEL_NAMES[level], format_code(best.code), percent(best.score), delta_color="off", delta_arrow="off"
+        )
+        column.caption(md(best.description))
+
+    for tab, level in zip(st.tabs([LEVEL_TITLES[lv] for lv in (6, 4, 2)]), (6, 4, 2), strict=True):
+        with tab:
+            table, chart = st.columns([5, 2], gap="medium")
+            with table:
+                level_table(prediction.levels[level])
+            with chart:
+                st.altair_chart(level_chart(prediction.levels[level]), width="stretch")
+
+    st.markdown(f"**Official path of {format_code(top.code)}**")
+    st.markdown(
+        "\n".join(
+            f"{'  ' * depth}- {PATH_LABELS[node.level]} **{md(format_code(node.code))}** — {md(node.description)}"
+            for depth, node in enumerate(official_path(top.code))
+        )
+    )
+
+
+def choose_code(prediction) -> str | None:
+    """Radio over the subheading candidates, or a search over the HS tree; returns the chosen 6 digits."""
+    candidates = {c.code: c for c in prediction.levels[6]}
+    choice = st.radio(
+        "Code to submit",
+        [*candidates, OTHER],
+        key="classify_choice",
+        format_func=lambda code: (
+            "Another code (search the HS 2022 tree)"
+            if code == OTHER
+            else f"{format_code(code)} — {candidates[code].description} ({percent(candidates[code].score)})"
+        ),
+    )
+    if choice != OTHER:
+        return choice
+    query = st.text_input("Search by code or words", key="classify_search", placeholder="e.g. 6109 or cotton T-shirt")
+    if not query.strip():
+        return None
+    options = search_subheadings(query)
+    if not options:
+        st.caption(f"No subheading matches “{query.strip()}”.")
+        return None
+    labels = {o.code: f"{o.formatted} — {o.description}" for o in options}
+    return st.selectbox("Subheading", list(labels), key="classify_pick", format_func=labels.__getitem__)
+
+
+def decision_form(recorded) -> None:
+    st.divider()
+    st.subheader("Your decision")
+    done = st.session_state.get("classify_decision")
+    if done is not None:
+        st.success(
+            f"Submitted **{format_code(done['code'])}** for line item #{recorded.line_item_id} "
+            f"(decision #{done['decision_id']}). It now waits for a reviewer.",
+            icon=":material/check_circle:",
+        )
+        st.button("Classify another product", on_click=start_over, key="classify_again")
+        return
+    code = choose_code(recorded.prediction)
+    justification = st.text_area(
+        "Justification (optional)",
+        key="classify_justification",
+        height=90,
+        max_chars=4000,
+        placeholder="Why this code: material, use, the note or ruling you relied on…",
+    )
+    if st.button("Submit", type="primary", disabled=code is None, key="classify_submit"):
+        actor = common.current_actor()
+        try:
+            decision = common.in_transaction(
+                lambda session: submit_decision(
+                    session,
+                    actor,
+                    line_item_id=recorded.line_item_id,
+                    code=code,
+                    justification=justification,
+                    prediction_id=recorded.prediction_id,
+                )
+            )
+        except ServiceError as exc:
+            st.error(str(exc), icon=":material/error:")
+            return
+        st.session_state["classify_decision"] = {"decision_id": decision.id, "code": decision.code}
+        st.rerun()
+
+
+st.title("Classify a product")
+text, files, shipment, line, clicked = inputs()
+if clicked:
+    run_classification(text, files, shipment, line)
+recorded = st.session_state.get("classify_result")
+if recorded is not None:
+    show_prediction(recorded)
+    decision_form(recorded)

@@ -1,0 +1,61 @@
+"""Shared resources of the screens: the cached classifier and session factory, the signed-in actor."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import streamlit as st
+
+from db.engine import default_db_url, make_engine, make_session_factory, run_transaction, upgrade
+from db.photos import default_photo_root
+from services.auth import Actor
+from services.classify import load_classifier, resolve_model_dir
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ACTOR_KEY = "auth_actor"
+SIGNED_IN_AT_KEY = "auth_signed_in_at"
+
+
+@st.cache_resource(show_spinner="Loading the HS model (the first start can take a minute)…")
+def get_classifier(model_dir: str | None) -> Any:
+    """One classifier per model folder, shared read-only by every session (``None``: zero-shot)."""
+    return load_classifier(Path(model_dir) if model_dir else None)
+
+
+def classifier() -> tuple[Any, str | None]:
+    """The classifier to use and, when it is the zero-shot fallback, why."""
+    folder, fallback_reason = resolve_model_dir()
+    return get_classifier(str(folder) if folder else None), fallback_reason
+
+
+@st.cache_resource(show_spinner="Opening the database…")
+def get_session_factory(url: str) -> Any:
+    """Migrate the database to the latest schema once, then hand out one session factory per URL."""
+    upgrade(url)
+    return make_session_factory(make_engine(url))
+
+
+def session_factory() -> Any:
+    """The session factory of the configured database (env ``HS_DB_URL``)."""
+    return get_session_factory(default_db_url())
+
+
+def in_transaction(fn: Callable[[Any], T]) -> T:
+    """Run ``fn(session)`` as one transaction (one user action), retried when the database is busy."""
+    return run_transaction(session_factory(), fn)
+
+
+def photo_root() -> Path:
+    """Where uploaded photos are stored (env ``HS_PHOTO_DIR``)."""
+    return default_photo_root()
+
+
+def current_actor() -> Actor | None:
+    """The signed-in user of this browser session, or ``None``."""
+    return st.session_state.get(ACTOR_KEY)

@@ -1,0 +1,284 @@
+"""Classify a product (description and/or photos) and record the model's answer as a line item with its prediction."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from db.models import Decision
+from db.photos import sniff_image, store_photo
+from db.queries import create_line_item, get_or_create_shipment, record_prediction
+from hs_model.config import DEFAULT_MODEL_DIR, LIMITS
+from hs_model.errors import InputError
+from hs_model.nomenclature import HsCode, InvalidCode, PathNode, get_nomenclature
+from services import decisions
+from services.auth import Actor, refresh_actor, require_role
+from services.decisions import SUBMITTERS, format_code
+from services.errors import InvalidInput
+
+if TYPE_CHECKING:  # hs_model.predict pulls in torch and the towers: imported only where a model is used
+    from hs_model.predict import Classifier, Prediction
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "MAX_DESCRIPTION_CHARS",
+    "MAX_PHOTOS",
+    "MAX_REF_CHARS",
+    "ClassifyResult",
+    "CodeOption",
+    "RecordedClassification",
+    "UploadedPhoto",
+    "classify",
+    "classify_and_record",
+    "describe_code",
+    "format_code",
+    "is_subheading",
+    "load_classifier",
+    "official_path",
+    "resolve_model_dir",
+    "search_subheadings",
+    "submit_decision",
+]
+
+MAX_DESCRIPTION_CHARS = LIMITS.max_text_chars
+MAX_PHOTOS = LIMITS.max_images
+MAX_REF_CHARS = 64  # shipments.reference and line_items.line_ref are String(64)
+CARD_FILE = "card.json"
+
+
+@dataclass(frozen=True)
+class UploadedPhoto:
+    """A photo as the browser sent it: its file name (for messages) and raw bytes."""
+
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    """The model's answer for one product, with the cleaned description it was given."""
+
+    text: str
+    photo_count: int
+    prediction: Prediction
+
+
+@dataclass(frozen=True)
+class RecordedClassification:
+    """A classification stored as a line item and a prediction."""
+
+    line_item_id: int
+    prediction_id: int
+    prediction: Prediction
+
+
+@dataclass(frozen=True)
+class CodeOption:
+    """A subheading offered in the code picker."""
+
+    code: str
+    formatted: str
+    description: str
+
+
+def resolve_model_dir() -> tuple[Path | None, str | None]:
+    """The trained model folder to load: env ``HS_MODEL_DIR`` or ``assets/model``.
+
+    Returns:
+        ``(folder, None)`` when the folder holds a model card, else ``(None, reason)``: the app then
+        runs the zero-shot model and shows the reason.
+    """
+    folder = Path(os.environ.get("HS_MODEL_DIR") or DEFAULT_MODEL_DIR)
+    if (folder / CARD_FILE).is_file():
+        return folder, None
+    return None, f"No {CARD_FILE} in {folder}."
+
+
+def load_classifier(model_dir: Path | None) -> Classifier:
+    """Build the classifier (slow: loads the towers and embeds the label texts; cached on disk after)."""
+    from hs_model.predict import Classifier
+
+    return Classifier(model_dir)
+
+
+def classify(
+    classifier: Classifier, *, text: str | None, photos: Sequence[UploadedPhoto], top_k: int = 5
+) -> ClassifyResult:
+    """Rank HS codes for a description and/or photos; nothing is stored.
+
+    Args:
+        classifier: The shared, read-only classifier.
+        text: The product description (may be empty when photos are given).
+        photos: Uploaded photos, in the order the broker gave them.
+        top_k: Candidates per level.
+
+    Raises:
+        InvalidInput: No input, a description over the limit, too many photos, or a photo that is not a
+            usable image (the message names it).
+    """
+    from hs_model.predict import clean_text, decode_images
+
+    try:
+        cleaned = clean_text(text)
+        if not cleaned and not photos:
+            raise InvalidInput("Give a description, at least one photo, or both.")
+        images = decode_images([p.data for p in photos], [p.name for p in photos])
+        prediction = classifier.predict(cleaned or None, images, top_k=top_k)
+    except InputError as exc:
+        raise InvalidInput(str(exc)) from None
+    return ClassifyResult(text=cleaned, photo_count=len(images), prediction=prediction)
+
+
+def _clean_ref(value: str | None, what: str) -> str | None:
+    value = (value or "").strip()
+    if len(value) > MAX_REF_CHARS:
+        raise InvalidInput(f"The {what} has {len(value)} characters; the limit is {MAX_REF_CHARS}.")
+    return value or None
+
+
+def _check_storable(photos: Sequence[UploadedPhoto]) -> None:
+    # The model accepted the photo; make sure the photo store will too, before anything is written.
+    for photo in photos:
+        try:
+            sniff_image(photo.data)
+        except ValueError:
+            raise InvalidInput(f"{photo.name}: this image format cannot be stored; use JPEG, PNG or WebP.") from None
+
+
+def _candidate_rows(prediction: Prediction) -> list[dict]:
+    return [
+        {"level": level, "rank": rank, "code": c.code, "description": c.description, "score": c.score}
+        for level, candidates in sorted(prediction.levels.items())
+        for rank, c in enumerate(candidates, start=1)
+    ]
+
+
+def classify_and_record(
+    session: Session,
+    classifier: Classifier,
+    actor: Actor | None,
+    *,
+    text: str | None,
+    photos: Sequence[UploadedPhoto],
+    shipment_ref: str | None = None,
+    line_ref: str | None = None,
+    photo_root: Path | None = None,
+    top_k: int = 5,
+) -> RecordedClassification:
+    """Classify a product and store it: photos by content hash, the line item, and the prediction.
+
+    Everything is validated and the model runs before the first write, so a refusal stores nothing.
+    The caller owns the transaction (``with factory.begin() as session:``). Photo files are written
+    before the rows: if the transaction then fails, the files stay as unreferenced, content-addressed
+    copies that a retry reuses.
+
+    Args:
+        session: Caller-owned session.
+        classifier: The shared classifier.
+        actor: The signed-in user (brokers and admins).
+        text: Product description.
+        photos: Uploaded photos.
+        shipment_ref: Optional shipment reference (created on first use).
+        line_ref: Optional line reference within the shipment.
+        photo_root: Photo store root; ``db.photos.default_photo_root()`` when ``None``.
+        top_k: Candidates per level.
+
+    Raises:
+        PermissionDenied: Not signed in, not a broker or admin, or the account changed since sign-in.
+        InvalidInput: Bad input (see `classify`) or a reference over its length limit.
+    """
+    require_role(actor, *SUBMITTERS, action="classify products")
+    shipment_ref = _clean_ref(shipment_ref, "shipment reference")
+    line_ref = _clean_ref(line_ref, "line reference")
+    result = classify(classifier, text=text, photos=photos, top_k=top_k)
+    _check_storable(photos)
+    prediction = result.prediction
+
+    # First database access only now: the model run above holds no transaction open.
+    refresh_actor(session, actor)
+    stored = [store_photo(p.data, photo_root) for p in photos]
+    shipment = get_or_create_shipment(session, shipment_ref, actor.user_id) if shipment_ref else None
+    embedding = np.asarray(prediction.embedding, dtype=np.float32).tobytes() if prediction.embedding else None
+    item = create_line_item(
+        session,
+        description=result.text,
+        created_by=actor.user_id,
+        shipment_id=shipment.id if shipment else None,
+        line_ref=line_ref,
+        photos=stored,
+        embedding=embedding,
+    )
+    row = record_prediction(
+        session,
+        line_item_id=item.id,
+        model_version=prediction.model_version,
+        nomenclature_edition=prediction.nomenclature_edition,
+        latency_ms=prediction.latency_ms,
+        needs_review=prediction.needs_review,
+        candidates=_candidate_rows(prediction),
+    )
+    log.info("line item %s classified by %s: %s (%s)", item.id, actor.username, prediction.top.code, row.model_version)
+    return RecordedClassification(line_item_id=item.id, prediction_id=row.id, prediction=prediction)
+
+
+def is_subheading(digits: str) -> bool:
+    """Whether ``digits`` is a 6-digit subheading of HS 2022."""
+    return len(digits) == 6 and get_nomenclature().is_valid(digits)
+
+
+def submit_decision(
+    session: Session,
+    actor: Actor | None,
+    *,
+    line_item_id: int,
+    code: str,
+    justification: str = "",
+    prediction_id: int | None = None,
+) -> Decision:
+    """Submit the broker's chosen subheading for a classified line item (checked against HS 2022).
+
+    Raises:
+        PermissionDenied, NotFound, InvalidInput: see `services.decisions.submit`.
+    """
+    return decisions.submit(session, actor, line_item_id, code, justification, prediction_id, valid_code=is_subheading)
+
+
+def describe_code(code: str) -> str:
+    """The official HS 2022 text of a code, or ``""`` when it is not one."""
+    try:
+        return get_nomenclature().description(code)
+    except InvalidCode:
+        return ""
+
+
+def official_path(code: str) -> list[PathNode]:
+    """Section > chapter > heading > subheading of an HS 2022 code."""
+    return get_nomenclature().path(code)
+
+
+def _subheadings_under(code: HsCode) -> Iterator[HsCode]:
+    nomenclature = get_nomenclature()
+    if code.level == 6:
+        yield code
+        return
+    for child in nomenclature.children(code):
+        yield from _subheadings_under(child)
+
+
+def search_subheadings(query: str, limit: int = 20) -> list[CodeOption]:
+    """Subheadings matching a code, code prefix or words; a chapter or heading hit brings its subheadings."""
+    options: dict[str, CodeOption] = {}
+    for hit in get_nomenclature().search(query, limit=limit):
+        for code in _subheadings_under(hit):
+            if len(options) >= limit:
+                return list(options.values())
+            options.setdefault(code.digits, CodeOption(code.digits, code.formatted, code.description))
+    return list(options.values())
