@@ -31,9 +31,12 @@ def _classifier(args: argparse.Namespace):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from hs_model.predict import decode_images
+    from hs_model.predict import decode_images, validate_query
 
+    if args.text_file:
+        args.text = _existing(args.text_file).read_text(encoding="utf-8", errors="replace")
     images = decode_images([_existing(p) for p in args.image])
+    validate_query(args.text, images)  # before the model loads: bad input fails fast
     pred = _classifier(args).predict(args.text, images, top_k=args.top_k)
     if args.json:
         print(json.dumps(pred.to_json(), ensure_ascii=False, indent=2))
@@ -124,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="rank HS codes for one product")
     p.add_argument("--text", default=None, help="product description")
+    p.add_argument("--text-file", default=None, metavar="PATH", help="read the description from a UTF-8 file")
     p.add_argument("--image", action="append", default=[], metavar="PATH", help="photo (repeatable)")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--model", default=None, help=model_help)

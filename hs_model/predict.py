@@ -95,6 +95,14 @@ def clean_text(text: str | None) -> str:
     return _CONTROL.sub(" ", text).strip()
 
 
+def validate_query(text: str | None, images: Sequence[object]) -> str:
+    """The cleaned description; raises InputError when there is nothing to classify or the text is too long."""
+    cleaned = clean_text(text)
+    if not cleaned and not images:
+        raise InputError("Give a description, at least one photo, or both.")
+    return cleaned
+
+
 def decode_images(sources: Sequence[bytes | Path], names: Sequence[str] | None = None) -> tuple[Image.Image, ...]:
     """Decode uploaded photos; raises ImageError naming the first bad one."""
     if len(sources) > LIMITS.max_images:
@@ -204,10 +212,7 @@ class Classifier:
 
     def encode(self, queries: Sequence[Query]) -> Features:
         """Run the frozen towers once per input; several photos of one product are mean-pooled."""
-        texts = [clean_text(q.text) for q in queries]
-        for t, q in zip(texts, queries, strict=True):
-            if not t and not q.images:
-                raise InputError("Give a description, at least one photo, or both.")
+        texts = [validate_query(q.text, q.images) for q in queries]
         n, tt, it = len(queries), self.text_tower, self.image_tower
         text_emb = torch.zeros(n, tt.dim)
         with_text = [i for i, t in enumerate(texts) if t]
