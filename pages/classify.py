@@ -17,6 +17,7 @@ from services.classify import (
     official_path,
     search_subheadings,
     submit_decision,
+    thumbnail,
 )
 from services.errors import ServiceError
 
@@ -53,6 +54,26 @@ def start_over() -> None:
     st.session_state["classify_upload_round"] += 1
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def preview(name: str, data: bytes) -> tuple[bytes | None, str]:
+    """Thumbnail bytes, or None and the reason the file cannot be used."""
+    try:
+        return thumbnail(UploadedPhoto(name, data)), ""
+    except ServiceError as exc:
+        return None, str(exc)
+
+
+def previews(files: list) -> None:
+    """Thumbnails of the uploaded photos; a file that is not a usable photo is named with the reason."""
+    shown = [(f.name, *preview(f.name, f.getvalue())) for f in files]
+    good = [(name, thumb) for name, thumb, _ in shown if thumb is not None]
+    if good:
+        st.image([thumb for _, thumb in good], width=110, caption=[name for name, _ in good])
+    for _, thumb, reason in shown:
+        if thumb is None:
+            st.caption(f":orange[:material/warning: {md(reason)}]")
+
+
 def inputs() -> tuple[str, list, str, str, bool]:
     """Draw the input form; returns the description, uploaded files, references and whether Classify was clicked."""
     left, right = st.columns([3, 2], gap="large")
@@ -84,9 +105,7 @@ def inputs() -> tuple[str, list, str, str, bool]:
             on_change=clear_results,
         )
         if files:
-            st.image(
-                [f.getvalue() for f in files[:MAX_PHOTOS]], width=110, caption=[f.name for f in files[:MAX_PHOTOS]]
-            )
+            previews(files[:MAX_PHOTOS])
     clicked = st.button("Classify", type="primary", icon=":material/search:", key="classify_run")
     return text, files or [], shipment, line, clicked
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,7 @@ from db.photos import sniff_image, store_photo
 from db.queries import create_line_item, get_or_create_shipment, record_prediction
 from hs_model.config import DEFAULT_MODEL_DIR, LIMITS
 from hs_model.errors import InputError
+from hs_model.images import load_image
 from hs_model.nomenclature import HsCode, InvalidCode, PathNode, get_nomenclature
 from services import decisions
 from services.auth import Actor, refresh_actor, require_role
@@ -46,6 +48,7 @@ __all__ = [
     "resolve_model_dir",
     "search_subheadings",
     "submit_decision",
+    "thumbnail",
 ]
 
 MAX_DESCRIPTION_CHARS = LIMITS.max_text_chars
@@ -249,6 +252,22 @@ def submit_decision(
         PermissionDenied, NotFound, InvalidInput: see `services.decisions.submit`.
     """
     return decisions.submit(session, actor, line_item_id, code, justification, prediction_id, valid_code=is_subheading)
+
+
+def thumbnail(photo: UploadedPhoto, size: int = 220) -> bytes:
+    """A small JPEG preview of an uploaded photo, decoded with the model's safe loader.
+
+    Raises:
+        InvalidInput: Not a usable image (the message names the file and the reason).
+    """
+    try:
+        image = load_image(photo.data, photo.name)
+    except InputError as exc:
+        raise InvalidInput(str(exc)) from None
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
 
 
 def describe_code(code: str) -> str:
