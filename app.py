@@ -59,14 +59,13 @@ def sign_in_screen() -> None:
 def do_sign_out(reason: str | None = None) -> None:
     """Record the sign-out and forget everything this browser session held."""
     actor = common.current_actor()
-    if actor is not None:
-        try:
+    try:
+        if actor is not None:
             common.in_transaction(lambda session: sign_out(session, actor))
-        except ServiceError:
-            log.warning("could not record sign-out of %s", actor.username, exc_info=True)
-    st.session_state.clear()
-    if reason:
-        st.session_state["auth_notice"] = reason
+    finally:
+        st.session_state.clear()
+        if reason:
+            st.session_state["auth_notice"] = reason
 
 
 def sidebar(actor) -> None:

@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from pages import common
+from pages.common import md
 from services.classify import (
     MAX_DESCRIPTION_CHARS,
     MAX_PHOTOS,
@@ -27,14 +28,8 @@ MODALITY = {"text": "the description", "image": "the photos", "both": "the descr
 PATH_LABELS = {"section": "Section", "chapter": "Chapter", "heading": "Heading", "subheading": "Subheading"}
 OTHER = "other"  # radio value for "a code that is not among the candidates"
 RESULT_KEYS = ("classify_result", "classify_decision", "classify_choice", "classify_search", "classify_pick")
-_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]()#+-.!|<>~$"})
 
 st.session_state.setdefault("classify_upload_round", 0)  # bumped to empty the uploader
-
-
-def md(text: str) -> str:
-    """Escape Markdown so that user or nomenclature text renders literally."""
-    return text.translate(_MD_SPECIAL)
 
 
 def percent(score: float) -> str:
@@ -130,7 +125,7 @@ def run_classification(text: str, files: list, shipment: str, line: str) -> None
                 )
             )
     except ServiceError as exc:
-        st.error(str(exc), icon=":material/error:")
+        st.error(md(str(exc)), icon=":material/error:")
         return
     st.session_state["classify_result"] = recorded
 
@@ -239,7 +234,7 @@ def choose_code(prediction) -> str | None:
         return None
     options = search_subheadings(query)
     if not options:
-        st.caption(f"No subheading matches “{query.strip()}”.")
+        st.caption(f"No subheading matches “{md(query.strip())}”.")
         return None
     labels = {o.code: f"{o.formatted} — {o.description}" for o in options}
     return st.selectbox("Subheading", list(labels), key="classify_pick", format_func=labels.__getitem__)
@@ -279,7 +274,7 @@ def decision_form(recorded) -> None:
                 )
             )
         except ServiceError as exc:
-            st.error(str(exc), icon=":material/error:")
+            st.error(md(str(exc)), icon=":material/error:")
             return
         st.session_state["classify_decision"] = {"decision_id": decision.id, "code": decision.code}
         st.rerun()

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ACTOR_KEY = "auth_actor"
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]()#+-.!|<>~$:"})
 SIGNED_IN_AT_KEY = "auth_signed_in_at"
 
 
@@ -59,3 +60,8 @@ def photo_root() -> Path:
 def current_actor() -> Actor | None:
     """The signed-in user of this browser session, or ``None``."""
     return st.session_state.get(ACTOR_KEY)
+
+
+def md(text: str) -> str:
+    """Escape Markdown (and Streamlit's :color[] / :icon: directives) so text renders literally."""
+    return text.translate(_MD_SPECIAL)

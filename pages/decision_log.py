@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from db.decision_log import DecisionFilter
 from db.models import DECISION_KINDS
 from pages import common
 from services.errors import ServiceError
-from services.export import CONTENT_TYPES, FORMATS, export_decisions, export_filename
+from services.export import CONTENT_TYPES, FORMATS, DecisionFilter, export_decisions, export_filename
 
 st.title("Decision log")
 st.caption("Every submission and review, with who, when, the model version and the model's own top code.")

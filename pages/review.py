@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages import common
+from pages.common import md
 from services.classify import describe_code, format_code, is_subheading, search_subheadings
 from services.decisions import MAX_COMMENT_LENGTH, approve, correct, item_state, reject, review_queue
 from services.errors import ServiceError
@@ -25,7 +26,7 @@ def act(fn, *args, **kwargs) -> None:
     try:
         decision = common.in_transaction(lambda session: fn(session, actor, *args, **kwargs))
     except ServiceError as exc:
-        st.error(str(exc), icon=":material/error:")
+        st.error(md(str(exc)), icon=":material/error:")
         return
     code = f" as {format_code(decision.code)}" if decision.code else ""
     st.session_state["review_notice"] = (
@@ -49,12 +50,12 @@ if not queue:
     st.info("Nothing is waiting for review.")
     st.stop()
 
-labels = {
+queue_labels = {
     q.line_item_id: f"#{q.line_item_id} · {format_code(q.code or '')} · {q.description[:60] or '(photos only)'} · by {q.decided_by}"
     for q in queue
 }
 item_id = st.selectbox(
-    f"{len(queue)} waiting (oldest first)", list(labels), format_func=labels.__getitem__, key="review_item"
+    f"{len(queue)} waiting (oldest first)", list(queue_labels), format_func=queue_labels.__getitem__, key="review_item"
 )
 item = next(q for q in queue if q.line_item_id == item_id)
 
@@ -68,7 +69,7 @@ with left:
     if item.needs_review:
         st.warning("The model was unsure about this item (below its review threshold).", icon=":material/warning:")
     meta = [f"shipment {item.shipment_reference}" if item.shipment_reference else "", item.line_ref or ""]
-    st.caption(" · ".join(m for m in [*meta, f"model {item.model_version}"] if m))
+    st.caption(md(" · ".join(m for m in [*meta, f"model {item.model_version}"] if m)))
 with right:
     try:
         state = common.in_transaction(lambda session: item_state(session, actor, item_id))
@@ -80,7 +81,7 @@ with right:
             code = f" {format_code(d.code)}" if d.code else ""
             st.text(f"{d.created_at:%Y-%m-%d %H:%M} {d.user.username} ({d.role}): {d.kind}{code}")
             if d.comment:
-                st.caption(d.comment)
+                st.caption(md(d.comment))
 
 st.divider()
 action = st.segmented_control("Decision", ACTIONS, default="Approve", key="review_action")
@@ -91,9 +92,11 @@ if action == "Approve":
 elif action == "Correct":
     query = st.text_input("Search the correct subheading (code or words)", key="review_search")
     options = search_subheadings(query) if query.strip() else []
-    labels = {o.code: f"{o.formatted} — {o.description}" for o in options}
+    code_labels = {o.code: f"{o.formatted} — {o.description}" for o in options}
     code = (
-        st.selectbox("Subheading", list(labels), format_func=labels.__getitem__, key="review_pick") if labels else None
+        st.selectbox("Subheading", list(code_labels), format_func=code_labels.__getitem__, key="review_pick")
+        if code_labels
+        else None
     )
     reason = st.text_area("Reason (required)", key="review_reason", max_chars=MAX_COMMENT_LENGTH)
     if st.button("Correct", type="primary", disabled=code is None, key="review_correct"):
