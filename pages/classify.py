@@ -27,7 +27,14 @@ LEVEL_NAMES = {6: "Subheading", 4: "Heading", 2: "Chapter"}
 MODALITY = {"text": "the description", "image": "the photos", "both": "the description and photos"}
 PATH_LABELS = {"section": "Section", "chapter": "Chapter", "heading": "Heading", "subheading": "Subheading"}
 OTHER = "other"  # radio value for "a code that is not among the candidates"
-RESULT_KEYS = ("classify_result", "classify_decision", "classify_choice", "classify_search", "classify_pick")
+RESULT_KEYS = (
+    "classify_result",
+    "classify_decision",
+    "classify_choice",
+    "classify_search",
+    "classify_pick",
+    "classify_justification",
+)
 
 st.session_state.setdefault("classify_upload_round", 0)  # bumped to empty the uploader
 
@@ -44,7 +51,7 @@ def clear_results() -> None:
 
 def start_over() -> None:
     clear_results()
-    for key in ("classify_text", "classify_shipment", "classify_line", "classify_justification"):
+    for key in ("classify_text", "classify_shipment", "classify_line"):
         st.session_state.pop(key, None)
     st.session_state["classify_upload_round"] += 1
 
