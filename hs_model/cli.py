@@ -1,4 +1,4 @@
-"""Command line: predict, evaluate, convert-eval, train, explain, bench (contracts in DESIGN.md)."""
+"""Command line: predict, evaluate, convert-eval, train, explain, finetune, bench (contracts in DESIGN.md)."""
 
 from __future__ import annotations
 
@@ -112,6 +112,79 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import getpass
+
+    from db.engine import make_engine, make_session_factory, upgrade
+    from db.queries import find_user
+    from hs_model.finetune import FinetuneError, run
+    from hs_model.predict import Classifier
+
+    engine = make_engine(args.db)
+    try:
+        upgrade(engine)
+        factory = make_session_factory(engine)
+        started_by, user_id = f"cli:{getpass.getuser()}", None
+        if args.started_by:
+            with factory() as session:
+                user = find_user(session, args.started_by)
+            if user is None or not user.active or user.role != "admin":
+                raise UserError(f"--started-by {args.started_by!r}: there is no active admin by that name.")
+            started_by, user_id = user.username, user.id
+
+        def progress(row: dict) -> None:
+            print(f"epoch {row['epoch']}/{row['epochs']}: loss {row['loss']:.3f}, accuracy {row['val_top1']:.3f}",
+                  file=sys.stderr)  # fmt: skip
+
+        try:
+            result = run(
+                factory,
+                Classifier(None),  # the towers; the base version's head is loaded from the registry
+                started_by=started_by,
+                user_id=user_id,
+                base_id=args.base,
+                data_dir=Path(args.data_dir),
+                on_epoch=progress,
+            )
+        except FinetuneError as exc:
+            raise UserError(str(exc)) from None
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(f"{result.version_id} (from {result.parent_id}, {result.decisions} decisions): {result.reason}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if not args.learning_curve:
+        raise UserError("only `bench --learning-curve` is available so far")
+    from hs_model.learning_curve import run_learning_curve
+    from hs_model.predict import Classifier
+
+    data_dir = Path(args.data_dir)
+    if not (data_dir / "train" / "uk_parcel_descriptions.csv").is_file():
+        raise UserError(
+            f"{data_dir} has no train/uk_parcel_descriptions.csv: the learning curve needs the shared data."
+        )
+    folder = _model_dir(args.model)
+    if folder is not None and not (folder / "card.json").is_file():
+        print(f"note: no model in {folder}; starting from the zero-shot model", file=sys.stderr)
+        folder = None
+    classifier = Classifier(None)
+    result = run_learning_curve(classifier, folder, data_dir, plot=Path(args.plot) if args.plot else None)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    for row in result["learning_curve"]:
+        print(
+            f"N={row['n']:>5}  HS4 top-1 {row['accuracy']:.1%}  HS6 {row['accuracy_hs6']:.1%}  {row['seconds']:.1f} s"
+        )
+    print(f"poisoned: activated={result['poisoned']['activated']}: {result['poisoned']['reason']}")
+    return 0
+
+
 def _existing(path: str | Path) -> Path:
     p = Path(path)
     if not p.is_file():
@@ -163,6 +236,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs/results")
     p.add_argument("--work", default="var/eval", help="where converted evaluation files are written")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("finetune", help="fine-tune the active model on reviewed decisions; the evaluation gate decides")
+    p.add_argument("--db", required=True, help="database URL, e.g. sqlite:///var/hs_desk.sqlite3")
+    p.add_argument("--base", default=None, metavar="VERSION", help="registered version to start from (default: active)")
+    p.add_argument("--started-by", default=None, metavar="NAME", help="admin recorded as having started it")
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="its eval/ files are the gate's fixed benchmark")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("bench", help="benchmarks: --learning-curve (fine-tuning on simulated reviewed decisions)")
+    p.add_argument("--learning-curve", action="store_true", help="accuracy after fine-tuning on N = 0 … 1000 decisions")
+    p.add_argument("--model", default=None, help=model_help)
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    p.add_argument("--plot", default="docs/learning_curve.png", help="PNG of the learning curve ('' for none)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
