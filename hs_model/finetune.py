@@ -1,0 +1,659 @@
+"""Fine-tune the active model on reviewed decisions, then let an evaluation gate decide whether it goes live.
+
+Reviewed items (approved or corrected; the reviewer's final code is the label, rejected items never count)
+go through the frozen towers once (features cached per line item and towers), are split by the md5 of the
+line item id into train / calibration / held-out parts, and the base version's small parts are trained for
+a few epochs with `hs_model.train.fit` (its label bank carried over unchanged). The gate compares the new
+version with the active one on (a) the held-out reviewed items and (b) a fixed public benchmark, and the
+new version is written to the registry either way, activated only when the gate says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import fcntl
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from hs_model.checkpoint import ModelCard, load_checkpoint
+from hs_model.config import DEFAULT_DATA_DIR, cache_dir
+from hs_model.datasets import split_of
+from hs_model.model import HsJointModel, LabelSpace
+from hs_model.predict import Features, Query, trained_parts
+from hs_model.train import FeatureSet, TrainConfig, calibrate, fit
+
+log = logging.getLogger(__name__)
+
+Part = Literal["train", "val", "heldout"]
+BANK_KEYS = ("bank.emb", "bank.code")
+
+
+class FinetuneError(RuntimeError):
+    """A fine-tune that cannot start (too few decisions, another one running); the message is for the user."""
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tuning and gate settings.
+
+    Attributes:
+        epochs, lr, batch_size: a short, gentle run on top of the base version.
+        replay_per_epoch: label-bank texts mixed into each epoch (keeps the nomenclature anchored).
+        tolerance: how much HS4 top-1 (a fraction: 0.01 = 1 point) the benchmark may lose.
+        min_decisions: fewer reviewed decisions than this and the fine-tune is refused.
+        min_calibration_rows: fewer calibration rows and the base temperature is kept.
+        min_threshold_rows: fewer calibration rows and the base review threshold is kept.
+    """
+
+    epochs: int = 4
+    lr: float = 5e-4
+    batch_size: int = 512
+    replay_per_epoch: int = 1024
+    correction_l2: float = 1e-3
+    tolerance: float = 0.01
+    min_decisions: int = 10
+    min_calibration_rows: int = 30
+    min_threshold_rows: int = 200
+    review_target_accuracy: float = 0.9
+    seed: int = 0
+
+
+def part_of(line_item_id: int | str) -> Part:
+    """Deterministic part of a reviewed item by the md5 of its line item id (about 70 / 10 / 20 %)."""
+    return {"train": "train", "val": "val", "test": "heldout"}[split_of(f"line-item-{line_item_id}")]
+
+
+# -- reviewed decisions as plain data ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ReviewedItem:
+    """An approved or corrected line item: description, photo files and the final code."""
+
+    line_item_id: int
+    decision_id: int
+    code: str
+    text: str
+    photos: tuple[Path, ...] = ()
+
+
+def collect_reviewed(session, photo_root: Path | None = None) -> list[ReviewedItem]:
+    """Every line item whose current decision is approved or corrected (rejected and pending are left out)."""
+    from db.photos import PhotoPathError, resolve_photo
+    from db.worklists import reviewed_examples
+
+    items = []
+    for ex in reviewed_examples(session):
+        if ex.kind not in ("approved", "corrected") or not ex.code:
+            continue
+        photos = []
+        for rel in ex.photo_paths:
+            try:
+                photos.append(resolve_photo(photo_root, rel))
+            except PhotoPathError as exc:
+                log.warning("line item %s: %s", ex.line_item_id, exc)
+        items.append(ReviewedItem(ex.line_item_id, ex.decision_id, ex.code, ex.description or "", tuple(photos)))
+    return items
+
+
+def data_fingerprint(items: Sequence[ReviewedItem]) -> dict[str, Any]:
+    """What the card records about the data: a hash of the decision ids, their count, the newest id."""
+    ids = sorted(i.decision_id for i in items)
+    return {
+        "decisions_sha256": hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest(),
+        "count": len(ids),
+        "last_decision_id": ids[-1] if ids else 0,
+    }
+
+
+# -- features ------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LabelledSet:
+    """Tower features with gold codes (2, 4 or 6 digits; codes outside HS 2022 are kept and count as wrong)."""
+
+    features: Features
+    golds: tuple[str, ...]
+    ids: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.golds)
+
+    def subset(self, idx: Sequence[int]) -> LabelledSet:
+        t = torch.tensor(list(idx), dtype=torch.long)
+        f = self.features
+        feats = Features(f.text[t], f.image_pooled[t], f.image_probs[t], f.has_text[t], f.has_image[t])
+        return LabelledSet(
+            feats, tuple(self.golds[i] for i in idx), tuple(self.ids[i] for i in idx) if self.ids else ()
+        )
+
+    def to_featureset(self, space: LabelSpace, source: str = "reviewed") -> FeatureSet:
+        """Training rows (codes the label space lacks are dropped)."""
+        pos = {lv: {c: i for i, c in enumerate(space.codes(lv))} for lv in (2, 4, 6)}
+        keep = [i for i, g in enumerate(self.golds) if g in pos.get(len(g), {})]
+        f, t = self.features, torch.tensor(keep, dtype=torch.long)
+        has_text, has_image = f.has_text[t], f.has_image[t]
+        return FeatureSet(
+            text=f.text[t],
+            pooled=f.image_pooled[t],
+            probs=f.image_probs[t],
+            has_text=has_text,
+            has_image=has_image,
+            target=torch.tensor([pos[len(self.golds[i])][self.golds[i]] for i in keep], dtype=torch.long),
+            level=torch.tensor([len(self.golds[i]) for i in keep], dtype=torch.long),
+            exclude=torch.full((len(keep),), -1, dtype=torch.long),
+            pair=has_text & has_image,
+            source=[source] * len(keep),
+        )
+
+
+def _tower_key(classifier) -> str:
+    tt, it = classifier.text_tower, classifier.image_tower
+    return hashlib.sha256(f"{tt.name}|{getattr(tt, 'max_length', '')}|{it.name}".encode()).hexdigest()[:12]
+
+
+def _item_key(item: ReviewedItem) -> str:
+    # Photos live in a content-addressed store, so their names are their content.
+    return hashlib.sha256("\x1f".join([item.text, *(p.name for p in item.photos)]).encode()).hexdigest()[:12]
+
+
+def encode_items(classifier, items: Sequence[ReviewedItem], batch_size: int = 32) -> tuple[LabelledSet, int]:
+    """Tower features of reviewed items, cached on disk per line item and towers.
+
+    Returns:
+        The labelled set (ids = line item ids) and how many items were skipped (no text and no readable photo).
+    """
+    from hs_model.images import ImageError, load_image
+
+    folder = cache_dir() / f"reviewed-{_tower_key(classifier)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows: dict[int, dict[str, torch.Tensor]] = {}
+    todo: list[tuple[int, Query, Path]] = []
+    for n, item in enumerate(items):
+        path = folder / f"{item.line_item_id}-{_item_key(item)}.safetensors"
+        if path.is_file():
+            rows[n] = load_file(str(path))
+            continue
+        images = []
+        for p in item.photos:
+            try:
+                images.append(load_image(p, p.name))
+            except (ImageError, OSError) as exc:
+                log.warning("line item %s: photo %s skipped: %s", item.line_item_id, p.name, exc)
+        if item.text.strip() or images:
+            todo.append((n, Query(item.text or None, tuple(images)), path))
+    lock = getattr(classifier, "lock", None) or contextlib.nullcontext()
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        with lock:  # explanations hook the shared towers while they run
+            feats = classifier.encode([q for _, q, _ in chunk])
+        for j, (n, _, path) in enumerate(chunk):
+            row = {
+                "text": feats.text[j],
+                "pooled": feats.image_pooled[j],
+                "probs": feats.image_probs[j],
+                "has_text": feats.has_text[j : j + 1],
+                "has_image": feats.has_image[j : j + 1],
+            }
+            tmp = path.with_suffix(".tmp")
+            save_file({k: v.contiguous() for k, v in row.items()}, str(tmp))
+            tmp.replace(path)
+            rows[n] = row
+    order = sorted(rows)
+    if not order:
+        empty = Features(torch.zeros(0, 1), torch.zeros(0, 1), torch.zeros(0, 1000), torch.zeros(0, dtype=torch.bool),
+                         torch.zeros(0, dtype=torch.bool))  # fmt: skip
+        return LabelledSet(empty, ()), len(items)
+    feats = Features(
+        torch.stack([rows[n]["text"] for n in order]),
+        torch.stack([rows[n]["pooled"] for n in order]),
+        torch.stack([rows[n]["probs"] for n in order]),
+        torch.cat([rows[n]["has_text"] for n in order]).bool(),
+        torch.cat([rows[n]["has_image"] for n in order]).bool(),
+    )
+    golds = tuple(items[n].code for n in order)
+    return LabelledSet(feats, golds, tuple(str(items[n].line_item_id) for n in order)), len(items) - len(order)
+
+
+def load_benchmark(classifier, data_dir: Path | None = None) -> LabelledSet | None:
+    """The fixed benchmark: HSCodeComp and ATLAS validation (text), converted as the report does; None if absent.
+
+    Evaluation only: these rows are never trained on.
+    """
+    from hs_model.datasets import convert_atlas, convert_hscodecomp
+    from hs_model.errors import InputError
+    from hs_model.features import cached_text_embeddings
+    from hs_model.predict import clean_text
+
+    eval_dir = Path(data_dir or DEFAULT_DATA_DIR) / "eval"
+    files = (eval_dir / "hscodecomp.jsonl", eval_dir / "atlas_validation.jsonl")
+    if not all(f.is_file() for f in files):
+        return None
+    rows = convert_hscodecomp(files[0]) + convert_atlas(files[1])
+    texts = []
+    for r in rows:
+        try:
+            texts.append(clean_text(r["text"]))
+        except InputError:
+            texts.append(clean_text(r["text"][:10_000]))
+    emb = cached_text_embeddings(classifier.text_tower, texts, "benchmark")
+    n = len(rows)
+    has_text = torch.tensor([bool(t) for t in texts])
+    feats = Features(
+        emb,
+        torch.zeros(n, classifier.image_tower.dim),
+        torch.zeros(n, 1000),
+        has_text,
+        torch.zeros(n, dtype=torch.bool),
+    )
+    return LabelledSet(feats, tuple(r["hs"] for r in rows), tuple(r["id"] for r in rows))
+
+
+# -- scoring ------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def predicted_codes(model: HsJointModel, feats: Features, level: int, chunk: int = 512) -> list[str]:
+    """Top-1 code at one level for every row (rows with no input get the model's prior top code)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out: list[str] = []
+    codes = model.space.codes(level)
+    for i in range(0, len(feats.has_text), chunk):
+        part = Features(*(t[i : i + chunk] for t in (feats.text, feats.image_pooled, feats.image_probs,
+                                                     feats.has_text, feats.has_image)))  # fmt: skip
+        logits = model(*part.as_inputs(device)).logits
+        out += [codes[j] for j in model.level_log_probs(logits, level).argmax(-1).tolist()]
+    return out
+
+
+def top1(model: HsJointModel, data: LabelledSet | None, level: int) -> tuple[float | None, int]:
+    """Top-1 accuracy at `level` over rows labelled to at least that level: (accuracy or None, rows)."""
+    if data is None:
+        return None, 0
+    rows = [i for i, g in enumerate(data.golds) if len(g) >= level]
+    if not rows:
+        return None, 0
+    sub = data.subset(rows)
+    pred = predicted_codes(model, sub.features, level)
+    return sum(p == g[:level] for p, g in zip(pred, sub.golds, strict=True)) / len(rows), len(rows)
+
+
+@dataclass(frozen=True)
+class GateScores:
+    """One model on the gate's two sets (HS4 top-1, fractions); None where a set is empty or absent."""
+
+    heldout: float | None
+    heldout_rows: int
+    benchmark: float | None
+    benchmark_rows: int
+    extra: dict[str, float | None] = field(default_factory=dict)
+
+
+def gate_scores(model: HsJointModel, heldout: LabelledSet | None, benchmark: LabelledSet | None) -> GateScores:
+    h4, hn = top1(model, heldout, 4)
+    b4, bn = top1(model, benchmark, 4)
+    return GateScores(
+        h4,
+        hn,
+        b4,
+        bn,
+        {"heldout_hs6_top1": top1(model, heldout, 6)[0], "benchmark_hs6_top1": top1(model, benchmark, 6)[0]},
+    )
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Whether a new version may replace the active one, and why (plain words, recorded in the card)."""
+
+    activate: bool
+    reason: str
+    candidate: GateScores
+    active: GateScores
+    tolerance: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"activate": self.activate, "reason": self.reason, "tolerance": self.tolerance,
+                "candidate": asdict(self.candidate), "active": asdict(self.active)}  # fmt: skip
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def decide(candidate: GateScores, active: GateScores, tolerance: float = 0.01) -> GateDecision:
+    """Activate only when better on the held-out reviewed items and not worse than `tolerance` on the benchmark.
+
+    Without a benchmark (the data folder is absent) the decision rests on the held-out items alone, and says so.
+    """
+    eps = 1e-9
+    reasons, ok = [], True
+    if not candidate.heldout_rows or candidate.heldout is None or active.heldout is None:
+        ok = False
+        reasons.append("no held-out reviewed decisions to compare on (too few reviewed items)")
+    elif candidate.heldout > active.heldout + eps:
+        reasons.append(
+            f"better on the {candidate.heldout_rows} held-out reviewed decisions "
+            f"(HS4 top-1 {_pct(candidate.heldout)} vs {_pct(active.heldout)})"
+        )
+    else:
+        ok = False
+        word = "equal" if abs(candidate.heldout - active.heldout) <= eps else "worse"
+        reasons.append(
+            f"not better on the {candidate.heldout_rows} held-out reviewed decisions ({word}: HS4 top-1 "
+            f"{_pct(candidate.heldout)} vs {_pct(active.heldout)})"
+        )
+    if candidate.benchmark is None or active.benchmark is None:
+        reasons.append("benchmark not available (no ../shared/data/eval): decided on the held-out decisions alone")
+    elif candidate.benchmark < active.benchmark - tolerance - eps:
+        ok = False
+        reasons.append(
+            f"worse on the fixed benchmark by {100 * (active.benchmark - candidate.benchmark):.1f} points "
+            f"(HS4 top-1 {_pct(candidate.benchmark)} vs {_pct(active.benchmark)}; tolerance {100 * tolerance:.1f})"
+        )
+    else:
+        reasons.append(
+            f"within tolerance on the fixed benchmark (HS4 top-1 {_pct(candidate.benchmark)} vs "
+            f"{_pct(active.benchmark)}; tolerance {100 * tolerance:.1f} points)"
+        )
+    verdict = "activated" if ok else "kept, not activated"
+    return GateDecision(ok, f"{verdict}: " + "; ".join(reasons), candidate, active, tolerance)
+
+
+# -- training -----------------------------------------------------------------------------------------------------
+@dataclass
+class BaseModel:
+    """A registered version loaded over the shared towers: its model (owned copy), checkpoint tensors and card."""
+
+    version: str
+    model: HsJointModel
+    tensors: dict[str, torch.Tensor]
+    card: ModelCard
+
+
+def load_base(classifier, folder: Path | None, expected_sha256: str | None = None) -> BaseModel:
+    """A version's trained parts on the classifier's towers (hash-checked), as a model nobody else uses."""
+    if folder is None:
+        other = classifier.with_model(None)
+        return BaseModel(other.card.version, other.model.cpu().eval(), {}, other.card)
+    has_weights = (folder / "weights.safetensors").is_file()
+    card, tensors = load_checkpoint(folder, expected_sha256=expected_sha256 if has_weights else None)
+    other = classifier.with_model(folder)
+    return BaseModel(card.version, other.model.cpu().eval(), tensors, card)
+
+
+def replay_pool(model: HsJointModel, tensors: dict[str, torch.Tensor]) -> FeatureSet | None:
+    """The base checkpoint's extra label texts as examples of their own codes (each hidden from the bank while
+    scored), so a few hundred decisions cannot pull the text adapter away from the nomenclature."""
+    if "bank.emb" not in tensors:
+        return None
+    emb = tensors["bank.emb"].float()
+    pos = {c: i for i, c in enumerate(model.space.subheadings)}
+    n = len(emb)
+    first = model.bank_text.shape[0] - n  # the extra texts follow the official ones in the bank
+    return FeatureSet(
+        text=emb,
+        pooled=torch.zeros(n, model.cfg.image_dim),
+        probs=torch.zeros(n, 1000),
+        has_text=torch.ones(n, dtype=torch.bool),
+        has_image=torch.zeros(n, dtype=torch.bool),
+        target=torch.tensor([pos[f"{int(c):06d}"] for c in tensors["bank.code"].tolist()], dtype=torch.long),
+        level=torch.full((n,), 6, dtype=torch.long),
+        exclude=torch.arange(first, first + n),
+        pair=torch.zeros(n, dtype=torch.bool),
+        source=["bank"] * n,
+    )
+
+
+def train_candidate(
+    base: BaseModel,
+    train: FeatureSet,
+    val: FeatureSet,
+    cfg: FinetuneConfig,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> tuple[HsJointModel, list[dict], dict]:
+    """A copy of the base model trained on `train` (best epoch on `val`), then recalibrated."""
+    model = copy.deepcopy(base.model).train()
+    if not len(val):
+        val = train  # too few items for a calibration part: pick the epoch on the training items
+    tcfg = TrainConfig(
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        correction_l2=cfg.correction_l2,
+        label_examples_per_epoch=cfg.replay_per_epoch,
+        review_target_accuracy=cfg.review_target_accuracy,
+        seed=cfg.seed,
+    )
+
+    def report(row: dict) -> None:
+        if on_epoch is not None:
+            on_epoch({**row, "epochs": cfg.epochs})
+
+    history = fit(model, train, val, tcfg, replay_pool(model, base.tensors), on_epoch=report)
+    base_t, base_thr = float(model.temperature), float(model.review_threshold)
+    if len(val) < cfg.min_calibration_rows:
+        calib = {"temperature": base_t, "review_threshold": base_thr, "kept_from_base": f"only {len(val)} rows"}
+    else:
+        calib = calibrate(model, val, cfg.review_target_accuracy)
+        if len(val) < cfg.min_threshold_rows:
+            model.review_threshold.fill_(base_thr)
+            calib |= {"review_threshold": base_thr, "threshold_kept_from_base": f"only {len(val)} rows"}
+    return model.eval(), history, calib
+
+
+@dataclass
+class Outcome:
+    """A trained, evaluated version not yet written anywhere."""
+
+    card: ModelCard
+    tensors: dict[str, torch.Tensor]
+    decision: GateDecision
+    history: list[dict]
+    model: HsJointModel
+    seconds: dict[str, float]
+
+
+def finetune_and_gate(
+    base: BaseModel,
+    active: BaseModel,
+    reviewed: LabelledSet,
+    *,
+    benchmark: LabelledSet | None,
+    cfg: FinetuneConfig = FinetuneConfig(),
+    version: str,
+    started_by: str,
+    data: dict[str, Any] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> Outcome:
+    """Split, train, recalibrate and gate (no database, no files): shared by the service and the learning curve."""
+    t0 = time.perf_counter()
+    parts: dict[str, list[int]] = {"train": [], "val": [], "heldout": []}
+    for i, item_id in enumerate(reviewed.ids):
+        parts[part_of(item_id)].append(i)
+    split = {k: reviewed.subset(v) for k, v in parts.items()}
+    space = base.model.space
+    train, val = split["train"].to_featureset(space), split["val"].to_featureset(space)
+    if not len(train):
+        raise FinetuneError("None of the reviewed decisions fell in the training part; review more items first.")
+    model, history, calib = train_candidate(base, train, val, cfg, on_epoch)
+    t_train = time.perf_counter()
+    cand = gate_scores(model, split["heldout"], benchmark)
+    act = gate_scores(active.model, split["heldout"], benchmark)
+    decision = decide(cand, act, cfg.tolerance)
+    t_gate = time.perf_counter()
+    tensors = trained_parts(model)
+    tensors.update({k: base.tensors[k] for k in BANK_KEYS if k in base.tensors})  # the base's label bank, as is
+    seconds = {"train": t_train - t0, "gate": t_gate - t_train}
+    card = ModelCard(
+        version=version,
+        nomenclature_edition=base.card.nomenclature_edition,
+        text_tower=base.card.text_tower,
+        image_tower=base.card.image_tower,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        kind="fine-tuned",
+        parent=base.version,
+        review_threshold=float(model.review_threshold),
+        training={
+            "config": asdict(cfg),
+            "started_by": started_by,
+            "data": {**(data or {}), "parts": {k: len(v) for k, v in parts.items()}, "train_rows": len(train)},
+            "history": history,
+            "calibration": calib,
+            "compared_with": active.version,
+        },
+        metrics={"gate": decision.to_json(), "heldout_hs4_top1": cand.heldout, "benchmark_hs4_top1": cand.benchmark},
+    )
+    log.info("fine-tune %s from %s: %s", version, base.version, decision.reason)
+    return Outcome(card, tensors, decision, history, model, seconds)
+
+
+# -- the whole run against a database -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FinetuneResult:
+    """What an admin (or the CLI) is told after a fine-tune."""
+
+    version_id: str
+    parent_id: str
+    compared_with: str
+    activated: bool
+    reason: str
+    decisions: int
+    parts: dict[str, int]
+    skipped: int
+    metrics: dict[str, Any]
+    history: list[dict]
+    seconds: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@contextlib.contextmanager
+def exclusive(root: Path) -> Iterator[None]:
+    """One fine-tune at a time per registry (they would fight over the two CPU cores anyway)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".finetune.lock").open("w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FinetuneError("Another fine-tune is running; wait for it to finish.") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run(
+    session_factory,
+    classifier,
+    *,
+    started_by: str,
+    user_id: int | None = None,
+    base_id: str | None = None,
+    cfg: FinetuneConfig = FinetuneConfig(),
+    data_dir: Path | None = None,
+    photo_root: Path | None = None,
+    root: Path | None = None,
+    benchmark: LabelledSet | None | Literal["load"] = "load",
+    on_epoch: Callable[[dict], None] | None = None,
+) -> FinetuneResult:
+    """Fine-tune on the database's reviewed decisions, write the new version and let the gate decide.
+
+    Nothing is written until training and evaluation succeeded: an exception before that (an interrupted
+    run) leaves the registry folder and the database exactly as they were.
+
+    Raises:
+        FinetuneError: Too few decisions, unknown base version, or another fine-tune running.
+        CheckpointError: The base or active version's files fail their hash check.
+    """
+    from db.engine import run_transaction
+    from db.queries import add_audit_event
+    from hs_model import registry
+
+    root = root or registry.registry_root()
+    t0 = time.perf_counter()
+
+    def prepare(session):
+        active = registry.ensure_default_registered(session, root=root)
+        try:
+            base = registry.get_version(session, base_id) if base_id else active
+        except LookupError as exc:
+            raise FinetuneError(str(exc)) from None
+        return active, base, collect_reviewed(session, photo_root)
+
+    with exclusive(root):
+        active_rec, base_rec, items = run_transaction(session_factory, prepare)
+        if len(items) < cfg.min_decisions:
+            raise FinetuneError(
+                f"Only {len(items)} reviewed decision(s) so far; at least {cfg.min_decisions} are needed to fine-tune."
+            )
+        base = load_base(classifier, registry.verify(base_rec), base_rec.sha256)
+        active = (
+            base
+            if active_rec.id == base_rec.id
+            else load_base(classifier, registry.verify(active_rec), active_rec.sha256)
+        )
+        reviewed, skipped = encode_items(classifier, items)
+        t_enc = time.perf_counter()
+        bench = load_benchmark(classifier, data_dir) if benchmark == "load" else benchmark
+        t_bench = time.perf_counter()
+        version = registry.new_version_id()
+        outcome = finetune_and_gate(
+            base,
+            active,
+            reviewed,
+            benchmark=bench,
+            cfg=cfg,
+            version=version,
+            started_by=started_by,
+            data={**data_fingerprint(items), "skipped_unreadable": skipped},
+            on_epoch=on_epoch,
+        )
+        folder, card = registry.write_version(outcome.tensors, outcome.card, root)
+        decision = outcome.decision
+
+        def record(session):
+            rec = registry.register_folder(session, folder, created_by=user_id)
+            current = registry.active_version(session)
+            if decision.activate and current is not None and current.id == active_rec.id:
+                registry.activate(session, rec.id, user_id=user_id, username=started_by, reason=decision.reason)
+                return True, decision.reason
+            reason = decision.reason
+            if decision.activate:  # someone switched versions while this one trained: theirs stands
+                reason = f"kept, not activated: the active version changed to {current.id if current else None} during the fine-tune"
+            add_audit_event(
+                session,
+                action="model_kept",
+                user_id=user_id,
+                username=started_by,
+                detail={"version_id": rec.id, "reason": reason},
+            )
+            return False, reason
+
+        try:
+            activated, reason = run_transaction(session_factory, record)
+        except BaseException:
+            registry.remove_version_folder(folder)
+            raise
+    seconds = {"encode": t_enc - t0, "benchmark": t_bench - t_enc, **outcome.seconds,
+               "total": time.perf_counter() - t0}  # fmt: skip
+    return FinetuneResult(
+        version_id=card.version,
+        parent_id=base.version,
+        compared_with=active.version,
+        activated=activated,
+        reason=reason,
+        decisions=len(items),
+        parts=card.training["data"]["parts"],
+        skipped=skipped,
+        metrics=card.metrics,
+        history=outcome.history,
+        seconds=seconds,
+    )

@@ -1,0 +1,167 @@
+"""Model versions screen (admins): versions side by side, fine-tune on reviewed decisions, activate, roll back."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from pages import common
+from pages.common import md
+from services.errors import ServiceError
+from services.models import activate, list_versions, new_reviewed_since_active, rollback, run_finetune
+
+NOTICE = "models_notice"
+LAST_RUN = "models_last_run"
+GATE_NOTE = {True: " (passed the gate)", False: " (kept back by the gate)", None: ""}
+
+
+def pct(x: float | None) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def versions_table(versions) -> None:
+    frame = pd.DataFrame(
+        {
+            "": ["● active" if v.active else "" for v in versions],
+            "Version": [v.id for v in versions],
+            "Kind": [v.kind for v in versions],
+            "Parent": [v.parent_id or "—" for v in versions],
+            "Created": [f"{v.created_at:%Y-%m-%d %H:%M}" for v in versions],
+            "By": [v.created_by or "—" for v in versions],
+            "Decisions": [v.decisions if v.decisions is not None else "—" for v in versions],
+            "Held-out HS4": [pct(v.heldout_top1) for v in versions],
+            "…previous": [pct(v.heldout_top1_before) for v in versions],
+            "Benchmark HS4": [pct(v.benchmark_top1) for v in versions],
+            "…previous ": [pct(v.benchmark_top1_before) for v in versions],
+            "Gate": [{True: "passed", False: "kept back", None: "—"}[v.gate_passed] for v in versions],
+        }
+    )
+    st.dataframe(frame, hide_index=True, width="stretch", key="models_table")
+    st.caption(
+        "HS4 top-1 of each version on the held-out reviewed decisions and on the fixed benchmark (HSCodeComp + ATLAS), "
+        "next to the version it was compared with when it was made."
+    )
+
+
+def history_frame(rows: list[dict]) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"loss": [r["loss"] for r in rows], "accuracy": [r["val_top1"] for r in rows]},
+        index=pd.Index([r["epoch"] for r in rows], name="epoch"),
+    )
+
+
+def finetune_now() -> None:
+    """Run a fine-tune with a progress bar and a live loss / accuracy chart, then report what the gate decided."""
+    actor = common.current_actor()
+    progress = st.progress(0.0, text="Encoding the reviewed decisions…")
+    chart = st.empty()
+    rows: list[dict] = []
+
+    def on_epoch(row: dict) -> None:
+        rows.append(row)
+        progress.progress(
+            row["epoch"] / row["epochs"],
+            text=f"Epoch {row['epoch']} of {row['epochs']}: loss {row['loss']:.3f}, accuracy {pct(row['val_top1'])}",
+        )
+        chart.line_chart(history_frame(rows))
+
+    try:
+        classifier, _ = common.classifier()
+        result = run_finetune(common.session_factory(), actor, classifier, on_epoch=on_epoch)
+    except ServiceError as exc:
+        progress.empty()
+        st.error(md(str(exc)), icon=":material/error:")
+        return
+    st.session_state[LAST_RUN] = {
+        "version": result.version_id,
+        "activated": result.activated,
+        "reason": result.reason,
+        "history": list(result.history),
+        "seconds": result.seconds.get("total"),
+    }
+    st.rerun()
+
+
+def last_run() -> None:
+    run = st.session_state.get(LAST_RUN)
+    if not run:
+        return
+    took = f" in {run['seconds']:.0f} s" if run.get("seconds") else ""
+    message = f"New version **{md(run['version'])}**{took}: {md(run['reason'])}."
+    if run["activated"]:
+        st.success(message, icon=":material/check_circle:")
+    else:
+        st.warning(message, icon=":material/info:")
+    if run["history"]:
+        st.line_chart(history_frame(run["history"]))
+
+
+def activation_form(versions) -> None:
+    actor = common.current_actor()
+    others = [v for v in versions if not v.active]
+    if not others:
+        st.caption("There is only one version.")
+    else:
+        labels = {v.id: v.id + GATE_NOTE[v.gate_passed] for v in others}
+        version_id = st.selectbox("Version", list(labels), format_func=labels.__getitem__, key="models_version")
+        chosen = next(v for v in others if v.id == version_id)
+        if chosen.gate_passed is False:
+            st.warning(f"The evaluation gate kept this version back: {md(chosen.gate_reason)}", icon=":material/block:")
+        override = st.checkbox(
+            "Override the evaluation gate", key="models_override", disabled=chosen.gate_passed is not False
+        )
+        reason = st.text_input(
+            "Reason" + (" (required for an override)" if override else " (optional)"), key="models_reason"
+        )
+        if st.button("Activate", type="primary", key="models_activate"):
+            act(lambda session: activate(session, actor, version_id, reason, override=override))
+    target = next((v for v in versions if v.rollback_target), None)
+    if target is not None and st.button(f"Roll back to {target.id}", key="models_rollback"):
+        act(lambda session: rollback(session, actor))
+
+
+def act(fn) -> None:
+    try:
+        result = common.in_transaction(fn)
+    except ServiceError as exc:
+        st.error(md(str(exc)), icon=":material/error:")
+        return
+    how = "Override recorded; " if result.override else ""
+    st.session_state[NOTICE] = f"{how}{result.version_id} is now active (was {result.previous_id})."
+    st.rerun()
+
+
+st.title("Model versions")
+notice = st.session_state.pop(NOTICE, None)
+if notice:
+    st.success(md(notice), icon=":material/check_circle:")
+
+actor = common.current_actor()
+try:
+    versions, new_count = common.in_transaction(
+        lambda session: (list_versions(session, actor), new_reviewed_since_active(session))
+    )
+except ServiceError as exc:
+    st.error(md(str(exc)), icon=":material/error:")
+    st.stop()
+
+active = next((v for v in versions if v.active), None)
+left, middle, right = st.columns(3)
+left.metric("Active version", active.id if active else "—")
+middle.metric("Reviewed decisions new since it", f"{new_count:,}")
+right.metric("Versions", len(versions))
+versions_table(versions)
+
+st.subheader("Fine-tune on reviewed decisions")
+st.caption(
+    "Trains a new version from the active one on every approved or corrected decision (rejected ones never count). "
+    "It goes live only if it beats the active version on held-out decisions without losing more than a point on "
+    "the fixed benchmark; otherwise it is kept for you to inspect."
+)
+last_run()
+if st.button("Fine-tune now", type="primary", icon=":material/model_training:", key="models_finetune"):
+    st.session_state.pop(LAST_RUN, None)
+    finetune_now()
+
+st.subheader("Activate or roll back")
+activation_form(versions)

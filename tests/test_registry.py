@@ -1,0 +1,137 @@
+"""Model registry: atomic version folders, registration, activation and roll back, hash checks against the database."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+from sqlalchemy import select
+
+from db.models import AuditEvent, ModelActivation
+from hs_model import registry
+from hs_model.checkpoint import CheckpointError, ModelCard
+from services import models
+from tests.test_finetune import actors, factory, model_env, tiny_card  # noqa: F401 - pytest fixtures
+
+
+def tensors(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"head.w": torch.randn(4, 3, generator=g), "bank.code": torch.tensor([610910], dtype=torch.int32)}
+
+
+def card(version: str, parent: str | None = None) -> ModelCard:
+    c = tiny_card(version, "fine-tuned")
+    c.parent = parent
+    return c
+
+
+def add_version(session, root, version: str, parent: str | None = None, seed: int = 0) -> registry.VersionRecord:
+    folder, _ = registry.write_version(tensors(seed), card(version, parent), root)
+    return registry.register_folder(session, folder)
+
+
+def test_round_trip_save_load_activate_roll_back(factory, model_env):  # noqa: F811
+    root = model_env.root
+    with factory.begin() as session:
+        shipped = registry.ensure_default_registered(session)
+        assert shipped.id == "tiny-shipped" and registry.active_version(session).id == "tiny-shipped"
+        assert (root / "tiny-shipped" / "weights.safetensors").is_file()  # a copy: later releases change nothing
+        v2 = add_version(session, root, "v2", parent="tiny-shipped", seed=1)
+        v3 = add_version(session, root, "v3", parent="v2", seed=2)
+        assert v2.status == "candidate" and v3.parent_id == "v2"
+        loaded_card, loaded = registry.load_version(session, "v2")
+        assert loaded_card.parent == "tiny-shipped" and torch.equal(loaded["head.w"], tensors(1)["head.w"])
+        registry.activate(session, "v2", user_id=None, username="ada", reason="better")
+        registry.activate(session, "v3", user_id=None, username="ada", reason="better still")
+        assert registry.active_version(session).id == "v3"
+        assert registry.previous_active(session) == "v2"
+        registry.activate(session, "v2", user_id=None, username="ada", reason=f"{registry.ROLLBACK_PREFIX} from v3")
+        assert registry.previous_active(session) == "tiny-shipped"  # a stack, not a toggle between the last two
+        registry.activate(session, "tiny-shipped", user_id=None, username="ada", reason=registry.ROLLBACK_PREFIX)
+        assert registry.active_version(session).id == "tiny-shipped" and registry.previous_active(session) is None
+        statuses = {v.id: v.status for v in registry.list_versions(session)}
+    assert statuses == {"tiny-shipped": "active", "v2": "retired", "v3": "retired"}
+    with factory() as session:
+        log = session.scalars(select(ModelActivation.version_id).order_by(ModelActivation.id)).all()
+        changes = session.scalars(select(AuditEvent).where(AuditEvent.action == "model_change")).all()
+    assert log == ["tiny-shipped", "v2", "v3", "v2", "tiny-shipped"]  # append-only history
+    assert len(changes) == 5
+
+
+def test_first_version_is_zero_shot_when_nothing_is_shipped(factory, model_env, monkeypatch, tmp_path):  # noqa: F811
+    monkeypatch.setenv("HS_MODEL_DIR", str(tmp_path / "nothing-here"))
+    with factory.begin() as session:
+        first = registry.ensure_default_registered(session)
+        again = registry.ensure_default_registered(session)
+        folder = models.active_model_dir(session)
+    assert first.id == again.id == "zero-shot-v1" and first.card["kind"] == "zero-shot"
+    assert folder is not None and (folder / "card.json").is_file() and not (folder / "weights.safetensors").exists()
+
+
+def test_tampered_weights_are_refused_with_a_clear_error(factory, model_env):  # noqa: F811
+    with factory.begin() as session:
+        add_version(session, model_env.root, "v2")
+        registry.activate(session, "v2", user_id=None, username=None, reason="")
+    weights = model_env.root / "v2" / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with factory() as session:
+        with pytest.raises(CheckpointError, match="do not match the hash recorded"):
+            registry.load_version(session, "v2")
+        with pytest.raises(models.ModelIntegrityError, match="v2 do not match the hash recorded"):
+            models.active_model_dir(session)
+
+
+def test_a_card_and_weights_swapped_together_are_still_refused(factory, model_env):  # noqa: F811
+    """The card carries its own hash, so an attacker rewrites both: the database's hash still catches it."""
+    with factory.begin() as session:
+        add_version(session, model_env.root, "v2", seed=1)
+    other, _ = registry.write_version(tensors(9), card("v2-evil"), model_env.root)
+    for name in ("weights.safetensors", "card.json"):
+        os.replace(other / name, model_env.root / "v2" / name)
+    with factory() as session, pytest.raises(CheckpointError, match="do not match the hash recorded"):
+        registry.load_version(session, "v2")
+
+
+def test_missing_files_are_reported(factory, model_env):  # noqa: F811
+    with factory.begin() as session:
+        rec = add_version(session, model_env.root, "v2")
+    (model_env.root / "v2" / "weights.safetensors").unlink()
+    (model_env.root / "v2" / "card.json").unlink()
+    with pytest.raises(CheckpointError, match="missing"):
+        registry.verify(rec)
+
+
+def test_versions_are_written_once_and_atomically(model_env, monkeypatch):  # noqa: F811
+    root = model_env.root
+    registry.write_version(tensors(), card("v2"), root)
+    with pytest.raises(FileExistsError):
+        registry.write_version(tensors(), card("v2"), root)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(registry, "save_checkpoint", crash)
+    with pytest.raises(OSError, match="disk full"):
+        registry.write_version(tensors(), card("v3"), root)
+    assert sorted(p.name for p in root.iterdir()) == ["v2"]  # neither v3 nor its temporary folder
+
+
+def test_stale_temporary_folders_of_crashed_writers_are_swept(model_env):  # noqa: F811
+    root = model_env.root
+    root.mkdir(parents=True)
+    stale, fresh = root / ".tmp-old-1234", root / ".tmp-new-5678"
+    stale.mkdir()
+    fresh.mkdir()
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    registry.write_version(tensors(), card("v2"), root)
+    assert not stale.exists() and fresh.exists()  # a fresh one may belong to a writer still at work
+
+
+def test_new_version_ids_are_unique_and_sortable():
+    ids = [registry.new_version_id() for _ in range(50)]
+    assert len(set(ids)) == 50 and all(i.startswith("ft-") for i in ids)
