@@ -165,6 +165,22 @@ def cmd_users_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_users_list(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from db.models import User
+
+    engine = _open(args.db)
+    try:
+        with make_session_factory(engine)() as session:
+            users = session.scalars(select(User).order_by(User.username)).all()
+            for u in users:
+                print(f"{u.username}\t{u.role}\t{'active' if u.active else 'inactive'}")
+    finally:
+        engine.dispose()
+    return 0 if users else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``python -m db`` argument parser."""
     parser = _Parser(prog="python -m db", description="HS desk database tools")
@@ -198,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--role", required=True, choices=ROLES)
     p.add_argument("--password-stdin", action="store_true", help="read the password as one line from stdin")
     p.set_defaults(func=cmd_users_create)
+    p = users_sub.add_parser("list", help="list users (exit status 1 when there are none)")
+    add_db(p)
+    p.set_defaults(func=cmd_users_list)
     return parser
 
 

@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the joint model on ../shared/data (never on eval/)")
     p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
     p.add_argument("--out", required=True, help="folder for weights.safetensors + card.json")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--no-contrastive", action="store_true", help="ablation: no InfoNCE term")
     p.add_argument("--no-images", action="store_true", help="ablation: text views only")
     p.add_argument("--version", default=None)

@@ -38,7 +38,7 @@ def cached_text_embeddings(tower: TextTower, texts: Sequence[str], tag: str) -> 
 
 def cached_image_features(tower: ImageTower, paths: Sequence[Path], tag: str) -> dict[str, torch.Tensor]:
     """Pooled features [N, C], ImageNet probabilities [N, 1000] and an `ok` mask [N] for image files."""
-    key = _key([tower.name, *(f"{p}:{p.stat().st_size if p.exists() else -1}" for p in paths)])
+    key = _key([tower.name, *(f"{p.resolve()}:{p.stat().st_size if p.exists() else -1}" for p in paths)])
     path = cache_dir() / f"image-{tag}-{key}.safetensors"
     if path.is_file():
         return load_file(str(path))

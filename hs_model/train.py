@@ -37,15 +37,16 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Hyper-parameters; chosen on the validation splits only."""
 
-    epochs: int = 8
-    batch_size: int = 512
-    lr: float = 2e-3
+    epochs: int = 6
+    batch_size: int = 1024
+    lr: float = 3e-3
     correction_l2: float = 1e-3
     clip_weight: float = 0.5
     use_contrastive: bool = True
     use_images: bool = True
     bank_texts_per_code: int = 6
-    label_examples_per_epoch: int = 24_000
+    train_examples_per_epoch: int = 16_000  # a fresh random subset of the training views each epoch
+    label_examples_per_epoch: int = 8_000
     review_target_accuracy: float = 0.9
     seed: int = 0
 
@@ -113,10 +114,10 @@ def fit(
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         model.train()
-        pool = train
+        pool = train.subset(torch.randperm(len(train))[: cfg.train_examples_per_epoch])
         if label_pool is not None and len(label_pool):
             take = torch.randperm(len(label_pool))[: cfg.label_examples_per_epoch]
-            pool = FeatureSet.concat([train, label_pool.subset(take)])
+            pool = FeatureSet.concat([pool, label_pool.subset(take)])
         order = torch.randperm(len(pool))
         steps = math.ceil(len(pool) / cfg.batch_size)
         total = 0.0

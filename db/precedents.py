@@ -1,0 +1,57 @@
+"""Reviewed items with their joint-space vectors, for precedent search (similar past decisions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from db.models import Decision, LineItem, Prediction, User
+
+
+@dataclass(frozen=True)
+class PrecedentRow:
+    """A reviewed line item: its final code, who reviewed it and when, and its embedding."""
+
+    line_item_id: int
+    description: str
+    code: str
+    kind: str  # 'approved' | 'corrected'
+    decided_at: datetime
+    reviewer: str
+    model_version: str
+    embedding: bytes
+
+
+def reviewed_with_embeddings(session: Session, model_version: str, limit: int = 20_000) -> list[PrecedentRow]:
+    """Items whose current state is approved/corrected and whose vector came from `model_version`.
+
+    Vectors of other model versions live in other joint spaces, so they are not comparable.
+    """
+    last_d = (
+        select(Decision.line_item_id, func.max(Decision.id).label("did")).group_by(Decision.line_item_id).subquery()
+    )
+    last_p = (
+        select(Prediction.line_item_id, func.max(Prediction.id).label("pid"))
+        .group_by(Prediction.line_item_id)
+        .subquery()
+    )
+    stmt = (
+        select(LineItem.id, LineItem.description, LineItem.embedding, Decision, User.username, Prediction.model_version)
+        .join(last_d, last_d.c.line_item_id == LineItem.id)
+        .join(Decision, Decision.id == last_d.c.did)
+        .join(User, User.id == Decision.user_id)
+        .join(last_p, last_p.c.line_item_id == LineItem.id)
+        .join(Prediction, Prediction.id == last_p.c.pid)
+        .where(Decision.kind.in_(("approved", "corrected")))
+        .where(LineItem.embedding.is_not(None))
+        .where(Prediction.model_version == model_version)
+        .order_by(Decision.id.desc())
+        .limit(limit)
+    )
+    return [
+        PrecedentRow(item_id, desc, d.code, d.kind, d.created_at, reviewer, version, emb)
+        for item_id, desc, emb, d, reviewer, version in session.execute(stmt)
+    ]
