@@ -51,6 +51,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from hs_model.explain import Explainer
+    from hs_model.nomenclature import HsCode, InvalidCode
+    from hs_model.predict import Query, decode_images, validate_query
+    from hs_model.render import write_explanation_set
+
+    try:
+        code = HsCode.parse(args.code) if args.code else None
+    except InvalidCode as exc:
+        raise UserError(str(exc)) from None
+    if code is not None and args.level is not None and args.level != code.level:
+        raise UserError(f"--code {code.formatted} is a {code.level}-digit code, not a {args.level}-digit one.")
+    images = decode_images([_existing(p) for p in args.image])
+    validate_query(args.text, images)  # before the model loads: bad input fails fast
+    explainer = Explainer(_classifier(args))
+    result = explainer.explain_all(Query(args.text, images), code.digits if code else None, args.level)
+    summary = write_explanation_set(result, images, Path(args.out))
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False, indent=2))
+        return 0
+    ig = result.integrated_gradients
+    print(f"{ig.code} at {ig.level} digits, log p = {ig.target:.3f}; explained in {result.seconds:.1f} s")
+    print("words: " + "  ".join(f"{w['word']} {w['score']:+.3f}" for w in summary["words"]))
+    for part in (summary, summary["grad_cam"] or {}, summary["contrast"] or {}):
+        for path in part.get("image_heatmaps", []):
+            print(f"wrote {path}")
+    for note in ig.notes:
+        print(f"note: {note}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from hs_model.datasets import load_eval_jsonl
     from hs_model.evaluate import evaluate
@@ -206,6 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help=model_help)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="why the model scores a code: photo heatmaps (PNG) and word attributions")
+    p.add_argument("--text", default=None, help="product description")
+    p.add_argument("--image", action="append", default=[], metavar="PATH", help="photo (repeatable)")
+    p.add_argument("--code", default=None, help="HS code to explain (default: the top prediction)")
+    p.add_argument("--level", type=int, choices=[2, 4, 6], default=None, help="default: the code's own level, else 6")
+    p.add_argument("--model", default=None, help=model_help)
+    p.add_argument("--out", required=True, help="folder for the overlay PNGs and words.html")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("evaluate", help="accuracy on an evaluation JSONL file")
     p.add_argument("--data", required=True, help='JSONL: {"text": ..., "images": [...], "hs": "610910"} per line')
