@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import logging
 import re
 import threading
@@ -15,7 +16,13 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from hs_model.bank import build_official_bank, with_extra_prototypes
+from hs_model.bank import (
+    DEFAULT_BRIDGE_PROMPT,
+    LEGACY_BRIDGE_PROMPT,
+    build_official_bank,
+    class_name_embeddings,
+    with_extra_prototypes,
+)
 from hs_model.checkpoint import CheckpointError, ModelCard, load_checkpoint
 from hs_model.config import DEFAULT_MODEL_DIR, LIMITS, TowerConfig
 from hs_model.errors import InputError
@@ -122,6 +129,8 @@ class Classifier:
         self.edition = EDITION
         self.tower_config = towers or TowerConfig.from_env()
         self.text_tower, self.image_tower, self.device = build_towers(self.tower_config)
+        # On CPU small photo batches are fastest (memory-bound convolutions); on a GPU large ones.
+        self.image_batch_size = 64 if self.device.type == "cuda" else 4
         self.space = LabelSpace.from_codes([c.digits for c in self.nomenclature.subheadings])
         self.official_bank = build_official_bank(self.text_tower, self.space, self.edition)
         self.card, self.model = self._load_head(model_dir)
@@ -138,10 +147,14 @@ class Classifier:
                 f"not on the configured towers {self.text_tower.name} + {self.image_tower.name}."
             )
         bank = self.official_bank
+        prompt = bridge_prompt(card)
+        names = None if prompt == DEFAULT_BRIDGE_PROMPT else class_name_embeddings(self.text_tower, prompt)
         if "bank.emb" in tensors:
             code_pos = {c: i for i, c in enumerate(self.space.subheadings)}
             codes = torch.tensor([code_pos[f"{int(c):06d}"] for c in tensors["bank.code"].tolist()])
-            bank = with_extra_prototypes(bank, tensors["bank.emb"], codes)
+            bank = with_extra_prototypes(bank, tensors["bank.emb"], codes, names)
+        elif names is not None:
+            bank = with_extra_prototypes(bank, torch.zeros(0, names.shape[1]), torch.zeros(0, dtype=torch.long), names)
         model = HsJointModel(self.space, bank, HeadConfig(self.text_tower.dim, self.image_tower.dim))
         load_trained_parts(model, tensors)
         return card, model.to(self.device).eval()
@@ -176,14 +189,18 @@ class Classifier:
         """Rank HS codes from the towers' outputs (lets evaluation run the towers once for many model versions)."""
         t0 = started if started is not None else time.perf_counter()
         out = self.model(*feats.as_inputs(self.device))
-        per_level = {lv: self.model.level_log_probs(out.logits, lv).float().cpu() for lv in LEVELS}
-        n = len(feats.has_text)
+        # top-k of the whole batch at once, on the model's device; one transfer per level
+        tops = {lv: self._top_batch(self.model.level_log_probs(out.logits, lv), lv, top_k) for lv in LEVELS}
+        joint = out.joint.float().cpu().tolist()
+        gates = out.gates.float().cpu().tolist()
+        has_text, has_image = feats.has_text.tolist(), feats.has_image.tolist()
+        n = len(has_text)
         threshold = float(self.model.review_threshold)
         results = []
         for i in range(n):
-            levels = {lv: self._top(per_level[lv][i].exp(), lv, top_k) for lv in LEVELS}
+            levels = {lv: tops[lv][i] for lv in LEVELS}
             modality = {(True, True): "both", (True, False): "text", (False, True): "image"}[
-                (bool(feats.has_text[i]), bool(feats.has_image[i]))
+                (bool(has_text[i]), bool(has_image[i]))
             ]
             results.append(
                 Prediction(
@@ -194,38 +211,41 @@ class Classifier:
                     review_threshold=threshold,
                     latency_ms=0.0,
                     modality=modality,
-                    gates=(float(out.gates[i, 0]), float(out.gates[i, 1])),
-                    embedding=tuple(out.joint[i].float().cpu().tolist()),
+                    gates=(gates[i][0], gates[i][1]),
+                    embedding=tuple(joint[i]),
                     notes=feats.notes[i] if feats.notes else (),
                 )
             )
         elapsed = (time.perf_counter() - t0) * 1000 / max(n, 1)
         return [dataclasses.replace(r, latency_ms=elapsed) for r in results]
 
-    def _top(self, probs: torch.Tensor, level: int, k: int) -> list[Candidate]:
-        codes = self.space.codes(level)
-        values, idx = probs.topk(min(k, len(codes)))
+    def _top_batch(self, log_probs: torch.Tensor, level: int, k: int) -> list[list[Candidate]]:
+        """[B, n_level] log-probabilities -> the k best candidates of each row."""
+        codes, texts = self.space.codes(level), self._descriptions[level]
+        values, idx = log_probs.float().exp().topk(min(k, len(codes)), dim=1)
         return [
-            Candidate(codes[j], level, self.describe(level, codes[j]), float(v))
-            for v, j in zip(values.tolist(), idx.tolist(), strict=True)
+            [Candidate(codes[j], level, texts[j], v) for v, j in zip(vs, js, strict=True)]
+            for vs, js in zip(values.cpu().tolist(), idx.cpu().tolist(), strict=True)
         ]
+
+    @functools.cached_property
+    def _descriptions(self) -> dict[int, tuple[str, ...]]:
+        """Official texts of every code of the label space, per level, in score order (looked up once)."""
+        return {lv: tuple(self.describe(lv, c) for c in self.space.codes(lv)) for lv in LEVELS}
 
     def encode(self, queries: Sequence[Query]) -> Features:
         """Run the frozen towers once per input; several photos of one product are mean-pooled."""
         texts = [validate_query(q.text, q.images) for q in queries]
-        n, tt, it = len(queries), self.text_tower, self.image_tower
+        n, tt = len(queries), self.text_tower
         text_emb = torch.zeros(n, tt.dim)
         with_text = [i for i, t in enumerate(texts) if t]
         if with_text:
             text_emb[with_text] = tt.encode_text([texts[i] for i in with_text])
-        pooled, probs = torch.zeros(n, it.dim), torch.zeros(n, 1000)
-        for i, q in enumerate(queries):
-            if q.images:
-                f = it.encode_image(list(q.images))
-                pooled[i], probs[i] = f.pooled.mean(0), f.probs.mean(0)
+        pooled, probs = self._encode_photos(queries)
         notes = []
         for t in texts:
-            used = tt.token_count(t) if t else 0
+            # every word piece covers at least one character: a short text cannot be truncated (skip re-tokenising)
+            used = tt.token_count(t) if len(t) + 2 > tt.max_length else 0
             notes.append(
                 (f"Only the first {tt.max_length - 2} word pieces of the description were read by the model.",)
                 if used > tt.max_length
@@ -234,6 +254,28 @@ class Classifier:
         has_text = torch.tensor([bool(t) for t in texts])
         has_image = torch.tensor([bool(q.images) for q in queries])
         return Features(text_emb, pooled, probs, has_text, has_image, tuple(notes))
+
+    def _encode_photos(self, queries: Sequence[Query]) -> tuple[torch.Tensor, torch.Tensor]:
+        """All photos of the batch through the image tower together (one shared photo runs once), mean per query."""
+        n, it = len(queries), self.image_tower
+        pooled, probs = torch.zeros(n, it.dim), torch.zeros(n, 1000)
+        slot_of: dict[int, int] = {}  # id(image) -> row in `images`
+        images, owner, slot = [], [], []
+        for i, q in enumerate(queries):
+            for image in q.images:
+                if id(image) not in slot_of:
+                    slot_of[id(image)] = len(images)
+                    images.append(image)
+                owner.append(i)
+                slot.append(slot_of[id(image)])
+        if not images:
+            return pooled, probs
+        f = it.encode_image(images, batch_size=self.image_batch_size)
+        owner_t, slot_t = torch.tensor(owner), torch.tensor(slot)
+        count = torch.bincount(owner_t, minlength=n).clamp(min=1).unsqueeze(1)  # [B, 1]
+        pooled.index_add_(0, owner_t, f.pooled[slot_t])
+        probs.index_add_(0, owner_t, f.probs[slot_t])
+        return pooled / count, probs / count
 
 
 @dataclass(frozen=True)
@@ -259,6 +301,13 @@ class Features:
         )
 
 
+def bridge_prompt(card: ModelCard) -> str:
+    """The class-name prompt a model was trained with (cards from before the setting existed used the legacy one)."""
+    if card.kind == "zero-shot":
+        return card.training.get("bridge_prompt", DEFAULT_BRIDGE_PROMPT)
+    return card.training.get("bridge_prompt", LEGACY_BRIDGE_PROMPT)
+
+
 def zero_shot_card(towers: TowerConfig) -> ModelCard:
     """Card of the untrained model: official HS texts as prototypes, ImageNet names as the photo bridge."""
     from hs_model.nomenclature import EDITION
@@ -271,6 +320,7 @@ def zero_shot_card(towers: TowerConfig) -> ModelCard:
         created="2026-11-25",
         kind="zero-shot",
         review_threshold=0.5,
+        training={"bridge_prompt": DEFAULT_BRIDGE_PROMPT},
     )
 
 
