@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import os
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -25,6 +27,27 @@ def pick_device(choice: str = "auto") -> torch.device:
     if choice == "cuda" or (choice == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may use: its affinity mask, capped by a cgroup CPU quota (containers)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def configure_threads() -> int:
+    """Torch intra-op threads: env HS_TORCH_THREADS, else no more than the usable cores (oversubscription is slow)."""
+    wanted = os.environ.get("HS_TORCH_THREADS", "").strip()
+    n = int(wanted) if wanted.isdigit() and int(wanted) > 0 else min(torch.get_num_threads(), usable_cores())
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+    return n
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -147,6 +170,7 @@ class ImageTower(nn.Module):
 def build_towers(config: TowerConfig) -> tuple[TextTower, ImageTower, torch.device]:
     """Both towers on the configured device (float16 on CUDA when asked)."""
     device = pick_device(config.device)
+    configure_threads()
     text = TextTower(config.text_model, config.text_max_length).to(device)
     image = ImageTower(config.image_model).to(device)
     if device.type == "cuda" and config.half_on_cuda:
