@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hs_model.bank import build_official_bank, with_extra_prototypes
+from hs_model.bank import DEFAULT_BRIDGE_PROMPT, build_official_bank, with_extra_prototypes
 from hs_model.calibration import choose_threshold
 from hs_model.checkpoint import ModelCard, save_checkpoint
 from hs_model.datasets import split_of
@@ -328,7 +328,11 @@ class Trainer:
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             kind="trained",
             review_threshold=float(model.review_threshold),
-            training={"config": asdict(self.cfg), **card_extra.pop("training", {})},
+            training={
+                "config": asdict(self.cfg),
+                "bridge_prompt": DEFAULT_BRIDGE_PROMPT,
+                **card_extra.pop("training", {}),
+            },
             metrics=card_extra.pop("metrics", {}),
         )
         return save_checkpoint(out, tensors, card)
