@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,7 @@ from hs_model.finetune import (
     BaseModel,
     FinetuneConfig,
     LabelledSet,
+    accuracies,
     finetune_and_gate,
     load_base,
     load_benchmark,
@@ -50,6 +51,7 @@ class CurveConfig:
     weak_min_rows: int = 4  # a heading needs this many pool rows to be judged
     poison_n: int = 1000
     poison_rate: float = 0.10
+    poison_kind: str = "random"  # which variant ("random" or "systematic") is reported as "poisoned"
     seed: int = 0
 
 
@@ -99,7 +101,7 @@ def as_reviewed(data: LabelledSet, golds: Sequence[str] | None = None) -> Labell
 
 def worst_headings(base: BaseModel, pool: LabelledSet, cfg: CurveConfig) -> list[str]:
     """Headings with the lowest HS4 top-1 of the shipped model on the pool (never on the test set)."""
-    pred = predicted_codes(base.model, pool.features, 4)
+    pred = predicted_codes(base.model, pool.features, (4,))[4]
     hits: dict[str, list[bool]] = defaultdict(list)
     for p, g in zip(pred, pool.golds, strict=True):
         hits[g[:4]].append(p == g[:4])
@@ -107,21 +109,50 @@ def worst_headings(base: BaseModel, pool: LabelledSet, cfg: CurveConfig) -> list
     return [head for _, _, head in sorted(judged)[: cfg.weak_headings]]
 
 
-def poison(golds: Sequence[str], rate: float, seed: int) -> tuple[list[str], int]:
-    """Replace about `rate` of the labels with a code of another heading used elsewhere in the set."""
+def _pick(n: int, k: int, seed: int, tag: str) -> list[int]:
+    return sorted(range(n), key=lambda i: hashlib.md5(f"{tag}:{seed}:{i}".encode()).hexdigest())[:k]
+
+
+def poison_random(golds: Sequence[str], rate: float, seed: int) -> tuple[list[str], dict[str, Any]]:
+    """Careless labels: `rate` of the rows get a code of another heading, drawn from the codes used in the set."""
     codes = sorted(set(golds))
-    out, changed = list(golds), 0
-    for i, g in enumerate(golds):
-        h = int(hashlib.md5(f"poison:{seed}:{i}".encode()).hexdigest(), 16)
-        if (h % 1000) / 1000 < rate:
-            others = [c for c in codes if c[:4] != g[:4]]
-            out[i] = others[(h // 1000) % len(others)]
-            changed += 1
-    return out, changed
+    out = list(golds)
+    picked = _pick(len(golds), round(rate * len(golds)), seed, "poison")
+    for i in picked:
+        others = [c for c in codes if c[:4] != golds[i][:4]]
+        out[i] = others[int(hashlib.md5(f"code:{seed}:{i}".encode()).hexdigest(), 16) % len(others)]
+    return out, {"kind": "random", "wrong_labels": len(picked)}
+
+
+def poison_systematic(golds: Sequence[str], rate: float, seed: int) -> tuple[list[str], dict[str, Any]]:
+    """A reviewer who consistently confuses the commonest headings: every row of each is given the next one's
+    most common code (a cycle), headings taken by frequency until about `rate` of the rows are wrong."""
+    del seed  # deterministic by construction
+    budget = round(rate * len(golds))
+    chosen, total = [], 0
+    for head, count in Counter(g[:4] for g in golds).most_common():
+        if total + count <= budget:
+            chosen.append(head)
+            total += count
+        if total >= 0.9 * budget and len(chosen) >= 2:
+            break
+    common = {h: Counter(g for g in golds if g[:4] == h).most_common(1)[0][0] for h in chosen}
+    swap = {h: common[chosen[(i + 1) % len(chosen)]] for i, h in enumerate(chosen)} if len(chosen) > 1 else {}
+    out = [swap.get(g[:4], g) for g in golds]
+    wrong = sum(a != b for a, b in zip(out, golds, strict=True))
+    return out, {"kind": "systematic", "wrong_labels": wrong, "relabelled": swap}
+
+
+POISONS = {"random": poison_random, "systematic": poison_systematic}
 
 
 def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 4)
+
+
+def test_accuracy(model, test: LabelledSet) -> dict[str, float | None]:
+    acc = accuracies(model, test)
+    return {"accuracy": _round(acc[4][0]), "accuracy_hs6": _round(acc[6][0])}
 
 
 def run_learning_curve(
@@ -156,8 +187,7 @@ def run_learning_curve(
         )
         seconds = time.perf_counter() - t0
         return {
-            "accuracy": _round(top1(out.model, test, 4)[0]),
-            "accuracy_hs6": _round(top1(out.model, test, 6)[0]),
+            **test_accuracy(out.model, test),
             "seconds": round(seconds, 2),
             "activated": out.decision.activate,
             "reason": out.decision.reason,
@@ -168,8 +198,7 @@ def run_learning_curve(
     for n in cfg.sizes:
         n_eff = min(n, len(pool))
         if n_eff == 0:
-            row = {"n": 0, "accuracy": _round(top1(base.model, test, 4)[0]),
-                   "accuracy_hs6": _round(top1(base.model, test, 6)[0]), "seconds": 0.0}  # fmt: skip
+            row = {"n": 0, **test_accuracy(base.model, test), "seconds": 0.0}
         else:
             res = one(as_reviewed(pool.subset(range(n_eff))), str(n_eff))
             res.pop("model")
@@ -193,10 +222,13 @@ def run_learning_curve(
 
     n_poison = min(cfg.poison_n, len(pool))
     clean = pool.subset(range(n_poison))
-    bad_golds, changed = poison(clean.golds, cfg.poison_rate, cfg.seed)
-    res = one(as_reviewed(clean, bad_golds), "poisoned")
-    res.pop("model")
-    poisoned = {"n": n_poison, "wrong_labels": changed, **res}
+    variants = {}
+    for kind, fn in POISONS.items():
+        bad_golds, info = fn(clean.golds, cfg.poison_rate, cfg.seed)
+        res = one(as_reviewed(clean, bad_golds), f"poisoned-{kind}")
+        res.pop("model")
+        variants[kind] = {"n": n_poison, **info, **res}
+    poisoned = {**variants[cfg.poison_kind], "variants": variants}
 
     result = {
         "base_model": base.version,

@@ -81,6 +81,10 @@ class TinyClassifier:
         return other
 
     def encode(self, queries) -> Features:
+        from hs_model.errors import InputError
+
+        if any("UNREADABLE" in (q.text or "") for q in queries):
+            raise InputError("The description has 30,000 characters; the limit is 20,000.")
         self.encoded += len(queries)
         sig = _signature()
         n = len(queries)
@@ -237,6 +241,17 @@ def test_features_are_cached_per_line_item_and_towers(factory, model_env):
     again, _ = finetune.encode_items(clf, items)
     assert clf.encoded == 3  # nothing re-encoded
     assert torch.equal(first.features.text, again.features.text) and first.golds == again.golds
+
+
+def test_an_unusable_item_is_skipped_not_the_whole_batch(factory, model_env):
+    seed_reviewed(factory, 3, kinds=("approved",))
+    items = [
+        finetune.ReviewedItem(1, 1, "610910", "tee code 610910"),
+        finetune.ReviewedItem(2, 2, "640411", "UNREADABLE code 640411"),
+        finetune.ReviewedItem(3, 3, "420221", "bag code 420221"),
+    ]
+    data, skipped = finetune.encode_items(model_env.classifier, items)
+    assert skipped == 1 and data.ids == ("1", "3") and data.golds == ("610910", "420221")
 
 
 # -- a whole run -------------------------------------------------------------------------------------------------
@@ -414,3 +429,70 @@ def test_service_refuses_with_clear_messages(factory, model_env):
             models.activate(session, actor, "tiny-shipped")
         with pytest.raises(models.NotFound):
             models.activate(session, actor, "nope")
+
+
+# -- command line ------------------------------------------------------------------------------------------------
+def test_cli_finetune_json(app_db, factory, model_env, monkeypatch, capsys):
+    import json
+
+    from hs_model import cli, predict
+
+    seed_reviewed(factory, 30, kinds=("approved", "corrected", "rejected"))
+    monkeypatch.setattr(predict, "Classifier", lambda model_dir=None: TinyClassifier())
+    code = cli.main(["finetune", "--db", app_db.url, "--started-by", "ada", "--data-dir", "/nonexistent", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert out["decisions"] == 60 and out["parent_id"] == "tiny-shipped" and out["version_id"].startswith("ft-")
+    assert "benchmark not available" in out["reason"]
+    with factory() as session:
+        assert registry.get_version(session, out["version_id"]).created_by == find_user(session, "ada").id
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["finetune", "--started-by", "bea"], "no active admin by that name"),
+        (["bench"], "only `bench --learning-curve`"),
+        (["bench", "--learning-curve", "--data-dir", "/nonexistent"], "needs the shared data"),
+    ],
+)
+def test_cli_user_errors_are_one_line(app_db, factory, model_env, capsys, args, needle):
+    from hs_model import cli
+
+    seed_reviewed(factory, 1, kinds=("approved",))
+    if args[0] == "finetune":
+        args = [*args, "--db", app_db.url]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and needle in err[0]
+
+
+# -- the real towers ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_real_towers_finetune_and_serve_the_new_version(factory, tmp_path, monkeypatch):
+    """Zero-shot base on the real towers: a fine-tuned version is written, loads in a Classifier and predicts."""
+    from hs_model.predict import Classifier
+
+    monkeypatch.setenv("HS_MODEL_REGISTRY", str(tmp_path / "registry"))
+    monkeypatch.setenv("HS_MODEL_DIR", str(tmp_path / "no-model"))
+    products = [
+        ("men's knitted cotton T-shirt", "610910"),
+        ("leather handbag with shoulder strap", "420221"),
+        ("running shoes, rubber soles, textile uppers", "640411"),
+        ("ceramic coffee mug", "691200"),
+    ]
+    with factory.begin() as session:
+        broker = Actor.from_user(add_user(session, username="bea", role="broker", password_hash="!"))
+        reviewer = Actor.from_user(add_user(session, username="rey", role="reviewer", password_hash="!"))
+        for lot in range(5):
+            for text, code in products:
+                item = create_line_item(session, description=f"{text}, lot {lot}", created_by=broker.user_id)
+                decisions.submit(session, broker, item.id, code)
+                decisions.approve(session, reviewer, item.id)
+    clf = Classifier(None)
+    result = finetune.run(factory, clf, started_by="test", benchmark=None)
+    folder = tmp_path / "registry" / result.version_id
+    served = clf.with_model(folder)
+    assert served.version == result.version_id and served.card.parent == "zero-shot-v1"
+    pred = served.predict("men's knitted cotton T-shirt")
+    assert pred.model_version == result.version_id and pred.levels[6][0].code.isdigit()
