@@ -21,6 +21,8 @@ from services.classify import (
     thumbnail,
 )
 from services.errors import ServiceError
+from services.explanations import METHOD_LABELS, explain_candidate
+from services.precedents import find_precedents
 
 LEVEL_TITLES = {6: "Subheadings (6 digits)", 4: "Headings (4 digits)", 2: "Chapters (2 digits)"}
 LEVEL_NAMES = {6: "Subheading", 4: "Heading", 2: "Chapter"}
@@ -34,6 +36,7 @@ RESULT_KEYS = (
     "classify_search",
     "classify_pick",
     "classify_justification",
+    "classify_explanation",
 )
 
 st.session_state.setdefault("classify_upload_round", 0)  # bumped to empty the uploader
@@ -177,6 +180,16 @@ def level_table(candidates) -> None:
     )
 
 
+def show_path(code: str, nodes) -> None:
+    st.markdown(f"**Official path of {format_code(code)}**")
+    st.markdown(
+        "\n".join(
+            f"{'  ' * depth}- {PATH_LABELS[node.level]} **{md(format_code(node.code))}** — {md(node.description)}"
+            for depth, node in enumerate(nodes)
+        )
+    )
+
+
 def show_prediction(recorded) -> None:
     prediction = recorded.prediction
     top = prediction.levels[6][0]
@@ -212,13 +225,109 @@ def show_prediction(recorded) -> None:
             with chart:
                 st.altair_chart(level_chart(prediction.levels[level]), width="stretch")
 
-    st.markdown(f"**Official path of {format_code(top.code)}**")
-    st.markdown(
-        "\n".join(
-            f"{'  ' * depth}- {PATH_LABELS[node.level]} **{md(format_code(node.code))}** — {md(node.description)}"
-            for depth, node in enumerate(official_path(top.code))
+    show_path(top.code, official_path(top.code))
+
+
+def show_attribution(view, heading: str) -> None:
+    st.markdown(heading)
+    for photo in view.photos:
+        left, right = st.columns(2)
+        left.image(photo.original_png, caption=f"{photo.name} (as uploaded)", width="stretch")
+        right.image(photo.overlay_png, caption="Evidence in the photo (brighter = stronger)", width="stretch")
+    if view.words_html:
+        st.caption("Words: green pushed towards the code, red away from it (hover a word for its score)")
+        st.html(view.words_html)  # every word is HTML-escaped by hs_model.render.words_html
+    details = f"{view.seconds:.1f} s"
+    if view.convergence_delta is not None:
+        details += f" · integrated-gradients completeness error {view.convergence_delta:.3f}"
+    st.caption(details)
+    for note in view.notes:
+        st.caption(md(note))
+
+
+def show_precedents(recorded, code: str) -> None:
+    prediction = recorded.prediction
+    try:
+        found = common.in_transaction(
+            lambda session: find_precedents(
+                session,
+                common.current_actor(),
+                prediction.embedding,
+                prediction.model_version,
+                k=5,
+                exclude_line_item=recorded.line_item_id,
+            )
         )
+    except ServiceError as exc:
+        st.error(md(str(exc)), icon=":material/error:")
+        return
+    st.markdown("**Similar past decisions**")
+    if not found:
+        st.caption("No precedents yet: no reviewed decision of this model version is close to this product.")
+        return
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "final code": [format_code(p.code) for p in found],
+                "same as this candidate": ["yes" if p.code == code else "" for p in found],
+                "description": [p.description for p in found],
+                "review": [p.kind for p in found],
+                "reviewer": [p.reviewer for p in found],
+                "date (UTC)": [p.decided_at.strftime("%Y-%m-%d") for p in found],
+                "similarity": [round(p.similarity, 3) for p in found],
+            }
+        ),
+        hide_index=True,
+        width="stretch",
     )
+
+
+def explanations(recorded, text: str, files: list) -> None:
+    """On demand, so classifying stays fast: why this candidate, why not the runner-up, path and precedents."""
+    prediction = recorded.prediction
+    with st.expander("Why these codes? Heatmaps, words, precedents", icon=":material/insights:"):
+        codes = [c.code for c in prediction.levels[6]]
+        left, right = st.columns([3, 2])
+        code = left.selectbox(
+            "Candidate to explain",
+            codes,
+            format_func=lambda c: (
+                f"{format_code(c)} — {next(x.description for x in prediction.levels[6] if x.code == c)}"
+            ),
+            key="classify_explain_code",
+        )
+        method = right.radio(
+            "Photo method",
+            list(METHOD_LABELS),
+            format_func=METHOD_LABELS.get,
+            key="classify_explain_method",
+            disabled=not files,
+        )
+        if st.button("Explain", icon=":material/insights:", key="classify_explain_run"):
+            photos = [UploadedPhoto(f.name, f.getvalue()) for f in files]
+            classifier, _ = common.classifier()
+            try:
+                with st.spinner("Computing attributions (a few seconds)…"):
+                    view = explain_candidate(
+                        classifier, common.current_actor(), text=text, photos=photos, code=code, method=method
+                    )
+            except ServiceError as exc:
+                st.error(md(str(exc)), icon=":material/error:")
+                return
+            st.session_state["classify_explanation"] = view
+        view = st.session_state.get("classify_explanation")
+        if view is None or view.code != code:
+            st.caption("Pick a candidate and press Explain.")
+            return
+        show_attribution(view.main, f"**What points to {format_code(view.code)}**")
+        if view.contrast is not None:
+            show_attribution(
+                view.contrast,
+                f"**Why {format_code(view.code)} rather than {format_code(view.contrast.versus)}** "
+                "(evidence for the first over the second)",
+            )
+        show_path(view.code, view.path)
+        show_precedents(recorded, view.code)
 
 
 def choose_code(prediction) -> str | None:
@@ -294,4 +403,5 @@ if clicked:
 recorded = st.session_state.get("classify_result")
 if recorded is not None:
     show_prediction(recorded)
+    explanations(recorded, text, files)
     decision_form(recorded)

@@ -1,0 +1,131 @@
+"""Explanations for the Classify screen: photo heatmaps, highlighted words, "why A not B", path and precedents."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from hs_model.errors import InputError
+from hs_model.nomenclature import PathNode
+from services.auth import Actor, require_role
+from services.classify import UploadedPhoto, official_path
+from services.errors import InvalidInput
+
+if TYPE_CHECKING:  # torch and captum are imported only where an explanation is computed
+    from hs_model.explain import Explanation
+    from hs_model.predict import Classifier
+
+Method = Literal["integrated_gradients", "grad_cam"]
+METHOD_LABELS: dict[str, str] = {
+    "integrated_gradients": "Integrated gradients (pixels; finer, a few seconds)",
+    "grad_cam": "Grad-CAM (last convolution; coarse, fast)",
+}
+
+
+@dataclass(frozen=True)
+class PhotoView:
+    """One uploaded photo beside its attribution overlay (PNG bytes)."""
+
+    name: str
+    original_png: bytes
+    overlay_png: bytes
+
+
+@dataclass(frozen=True)
+class AttributionView:
+    """One attribution (a code, or a code against another) ready to draw."""
+
+    code: str
+    versus: str | None
+    method: str
+    photos: tuple[PhotoView, ...]
+    words_html: str  # every word HTML-escaped by hs_model.render.words_html
+    top_words: tuple[tuple[str, float], ...]
+    convergence_delta: float | None
+    seconds: float
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ExplanationView:
+    """What the screen shows for one candidate."""
+
+    code: str
+    level: int
+    path: tuple[PathNode, ...]
+    main: AttributionView
+    contrast: AttributionView | None  # against the best other candidate at the same level
+
+
+def explain_candidate(
+    classifier: Classifier,
+    actor: Actor | None,
+    *,
+    text: str | None,
+    photos: Sequence[UploadedPhoto],
+    code: str,
+    level: int = 6,
+    method: Method = "integrated_gradients",
+    with_contrast: bool = True,
+) -> ExplanationView:
+    """Attribute a candidate's score to the photos and words, and contrast it with the runner-up.
+
+    Raises:
+        PermissionDenied: nobody signed in.
+        InvalidInput: no usable input, an invalid code, or a code that is not among the candidates.
+    """
+    require_role(actor, "broker", "reviewer", "admin", action="see explanations")
+    from hs_model.explain import Explainer
+    from hs_model.predict import Query, decode_images
+    from hs_model.render import overlay_png
+
+    try:
+        images = decode_images([p.data for p in photos], [p.name for p in photos])
+        query = Query(text, images)
+        explainer = Explainer(classifier)  # cheap: private identity taps; the classifier's lock serialises
+        main = explainer.explain(query, code, level, method=method, require_candidate=True)
+        contrast = None
+        if with_contrast:
+            ranked = [c.code for c in classifier.predict(text, images, top_k=5).levels[level]]
+            runner_up = next((c for c in ranked if c != main.code), None)
+            if runner_up is not None:
+                contrast = explainer.explain(query, main.code, level, method=method, versus=runner_up)
+    except InputError as exc:
+        raise InvalidInput(str(exc)) from None
+
+    def view(e: Explanation) -> AttributionView:
+        from hs_model.render import words_html
+
+        title = e.code + (f" rather than {e.contrast_code}" if e.contrast_code else "")
+        views = tuple(
+            PhotoView(p.name, _png(img), overlay_png(img, heat, title, box=box))
+            for p, img, heat, box in zip(photos, images, e.image_heatmaps, e.crop_boxes, strict=True)
+        )
+        top = sorted(e.words, key=lambda w: -w.score)[:5]
+        return AttributionView(
+            code=e.code,
+            versus=e.contrast_code,
+            method=e.method,
+            photos=views,
+            words_html=words_html(e.words) if e.words else "",
+            top_words=tuple((w.word, float(w.score)) for w in top if w.score > 0),
+            convergence_delta=e.convergence_delta,
+            seconds=e.seconds,
+            notes=tuple(e.notes),
+        )
+
+    return ExplanationView(
+        code=main.code,
+        level=level,
+        path=tuple(official_path(main.code)),
+        main=view(main),
+        contrast=view(contrast) if contrast is not None else None,
+    )
+
+
+def _png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()

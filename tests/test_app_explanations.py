@@ -1,0 +1,68 @@
+"""The Classify screen's explanation panel (AppTest): on demand, escaped words, contrast, path, precedents."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from services import explanations
+from services.explanations import AttributionView, ExplanationView, PhotoView
+from tests.test_app_classify import classify, fake_classifier, signed_in  # noqa: F401 - fixture
+
+
+def png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), "red").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def attribution(code: str, versus: str | None) -> AttributionView:
+    from hs_model.render import words_html
+
+    class W:
+        def __init__(self, word, score):
+            self.word, self.score = word, score
+
+    return AttributionView(
+        code=code,
+        versus=versus,
+        method="integrated_gradients",
+        photos=(PhotoView("shirt.jpg", png(), png()),),
+        words_html=words_html([W("<script>alert(1)</script>", 0.5), W("T-shirt", 2.0)]),
+        top_words=(("T-shirt", 2.0),),
+        convergence_delta=0.01,
+        seconds=0.4,
+        notes=(),
+    )
+
+
+def test_explain_panel_shows_heatmaps_words_contrast_and_no_precedents(app_db, fake_classifier, monkeypatch):  # noqa: F811
+    from hs_model.nomenclature import get_nomenclature
+
+    calls = []
+
+    def fake_explain(classifier, actor, *, text, photos, code, level=6, method="integrated_gradients", **_):
+        calls.append((code, method))
+        return ExplanationView(
+            code=code,
+            level=level,
+            path=tuple(get_nomenclature().path(code)),
+            main=attribution(code, None),
+            contrast=attribution(code, "610510"),
+        )
+
+    monkeypatch.setattr(explanations, "explain_candidate", fake_explain)  # the page imports it on every run
+
+    at = classify(signed_in(app_db), "men's knitted cotton T-shirt")
+    assert not calls  # nothing computed until asked
+    at.button(key="classify_explain_run").click().run()
+    assert not at.exception and not at.error
+    assert calls == [("610910", "integrated_gradients")]
+    markdown = " ".join(m.value for m in at.markdown)
+    assert "What points to **6109.10**" in markdown or "What points to 6109.10" in markdown
+    assert "rather than 6105.10" in markdown
+    assert "Heading **6109**" in markdown
+    assert any("No precedents yet" in c.value for c in at.caption)
+    html = " ".join(h.proto.body for h in at.get("html"))
+    assert "&lt;script&gt;" in html and "<script>" not in html
