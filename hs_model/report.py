@@ -6,6 +6,7 @@ features, so ablations cost seconds. Evaluation files are only read here, never 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import Counter
@@ -13,10 +14,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
 
+from hs_model.config import cache_dir
 from hs_model.datasets import Example, convert_atlas, convert_hscodecomp, load_eval_jsonl, load_myntra, write_eval_jsonl
 from hs_model.evaluate import Modality, RowResult, encode_rows, evaluate_rows, score_rows
-from hs_model.predict import Classifier
+from hs_model.predict import Classifier, Features
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,30 @@ def public_conditions(data_dir: Path, work: Path) -> list[Condition]:
         write_eval_jsonl(fn(data_dir / "eval" / src), path)
         out.append(Condition(f"{name}, text", load_eval_jsonl(path), "text"))
     return out
+
+
+def cached_encode(classifier: Classifier, cond: Condition) -> tuple[list[int], Features | None]:
+    """`encode_rows` with the towers' outputs kept on disk, so adding a model variant re-runs only the heads."""
+    parts = [classifier.text_tower.name, classifier.image_tower.name, cond.name, cond.modality]
+    parts += [f"{e.text}|{'|'.join(str(p) for p in e.images)}" for e in cond.examples]
+    path = cache_dir() / f"report-{hashlib.sha256(chr(31).join(parts).encode()).hexdigest()[:16]}.safetensors"
+    if path.is_file():
+        t = load_file(str(path))
+        return t["served"].tolist(), Features(t["text"], t["pooled"], t["probs"], t["has_text"], t["has_image"])
+    served, feats = encode_rows(classifier, cond.examples, cond.modality)
+    if feats is not None:
+        save_file(
+            {
+                "served": torch.tensor(served, dtype=torch.long),
+                "text": feats.text,
+                "pooled": feats.image_pooled,
+                "probs": feats.image_probs,
+                "has_text": feats.has_text,
+                "has_image": feats.has_image,
+            },
+            str(path),
+        )
+    return served, feats
 
 
 def worst_headings(rows: list[RowResult | None], golds: list[str], n: int = 8) -> list[dict]:
@@ -114,7 +142,7 @@ def build_report(
     results: dict = {"variants": {n: h.version for n, h in heads.items()}, "conditions": {}}
     for cond in conditions:
         log.info("encoding %s (%d rows)", cond.name, len(cond.examples))
-        served, feats = encode_rows(base, cond.examples, cond.modality)
+        served, feats = cached_encode(base, cond)
         golds = [e.hs for e in cond.examples]
         entry = {}
         for name, head in heads.items():
