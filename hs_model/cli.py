@@ -33,6 +33,8 @@ def _classifier(args: argparse.Namespace):
 def cmd_predict(args: argparse.Namespace) -> int:
     from hs_model.predict import decode_images, validate_query
 
+    if args.batch:
+        return cmd_predict_batch(args)
     if args.text_file:
         args.text = _existing(args.text_file).read_text(encoding="utf-8", errors="replace")
     images = decode_images([_existing(p) for p in args.image])
@@ -79,6 +81,58 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
     for note in ig.notes:
         print(f"note: {note}")
+    return 0
+
+
+def cmd_predict_batch(args: argparse.Namespace) -> int:
+    """`predict --batch FILE.csv --out FILE`: every line of a CSV; a bad line gets an error, never stops the run."""
+    import time
+
+    from tqdm import tqdm
+
+    from hs_model.batch import DirPhotos, ZipPhotos, classify_rows, read_batch_csv, result_record, write_results
+
+    if args.text or args.text_file or args.image:
+        raise UserError("--batch reads descriptions and photos from the CSV: drop --text, --text-file and --image.")
+    out = Path(args.out or "")
+    if not args.out or out.suffix.lower() not in (".csv", ".xlsx"):
+        raise UserError("--batch needs --out FILE.csv or --out FILE.xlsx.")
+    if not out.parent.is_dir():
+        raise UserError(f"No such folder for --out: {out.parent}")
+    if args.images_dir and args.photos_zip:
+        raise UserError("Give --images-dir or --photos-zip, not both.")
+    photos = None
+    if args.images_dir:
+        photos = DirPhotos(Path(args.images_dir))
+    elif args.photos_zip:
+        photos = ZipPhotos(_existing(args.photos_zip).read_bytes(), Path(args.photos_zip).name)
+    batch = read_batch_csv(_existing(args.batch).read_bytes(), photos, name=Path(args.batch).name)
+    for notice in batch.notices:
+        print(f"note: {notice}", file=sys.stderr)
+    bad = batch.invalid_rows
+    if bad:
+        print(f"{len(bad)} of {len(batch.rows)} lines will not run (see the error column), e.g.:", file=sys.stderr)
+        for row in bad[:5]:
+            print(f"  line {row.line} ({row.line_ref or 'no ref'}): {'; '.join(row.problems)}", file=sys.stderr)
+    classifier = _classifier(args)  # after validation: a bad file fails before the model loads
+    records = {row.line: result_record(row, None) for row in bad}
+    t0 = time.perf_counter()
+    todo = batch.valid_rows
+    with tqdm(total=len(todo), unit="line", file=sys.stderr, desc="classifying") as bar:
+        for chunk in classify_rows(classifier, todo, photos, top_k=max(args.top_k, 3), chunk_size=args.chunk_size):
+            for outcome in chunk:
+                records[outcome.row.line] = result_record(outcome.row, outcome.prediction, outcome.error)
+            bar.update(len(chunk))
+    seconds = time.perf_counter() - t0
+    ordered = [records[row.line] for row in batch.rows]
+    write_results(ordered, out)
+    errors = sum(1 for r in ordered if r["error"])
+    summary = {"rows": len(ordered), "errors": errors, "out": str(out), "seconds": round(seconds, 2)}
+    summary["lines_per_s"] = round(len(todo) / seconds, 2) if seconds > 0 else None
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"wrote {len(ordered)} lines to {out} ({errors} with an error) in {seconds:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -188,9 +242,27 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_speed_bench(args: argparse.Namespace) -> int:
+    """`bench --json`: latency, throughput, cold start and memory on synthetic inputs (DESIGN.md shape)."""
+    from hs_model.bench import BenchConfig, render_markdown, run_bench
+
+    folder = _model_dir(args.model)
+    if folder is not None and not (folder / "card.json").is_file():
+        print(f"note: no model in {folder}; benchmarking the zero-shot model", file=sys.stderr)
+        folder = None
+    result = run_bench(BenchConfig.quick() if args.quick else BenchConfig(), model_dir=folder, device=args.device)
+    if args.markdown:
+        Path(args.markdown).write_text(render_markdown(result))
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(render_markdown(result))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if not args.learning_curve:
-        raise UserError("only `bench --learning-curve` is available so far")
+        return cmd_speed_bench(args)
     from hs_model.learning_curve import run_learning_curve
     from hs_model.predict import Classifier
 
@@ -236,6 +308,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--model", default=None, help=model_help)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--batch", default=None, metavar="FILE.csv", help="classify every line of a CSV (line_ref, "
+                   "description, photos separated by ';'); needs --out")  # fmt: skip
+    p.add_argument("--images-dir", default=None, metavar="DIR", help="with --batch: folder holding the photos")
+    p.add_argument("--photos-zip", default=None, metavar="ZIP", help="with --batch: zip holding the photos")
+    p.add_argument("--out", default=None, metavar="FILE", help="with --batch: results as .csv or .xlsx")
+    p.add_argument("--chunk-size", type=int, default=32, help="with --batch: lines per model call")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("explain", help="why the model scores a code: photo heatmaps (PNG) and word attributions")
@@ -286,8 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("bench", help="benchmarks: --learning-curve (fine-tuning on simulated reviewed decisions)")
+    p = sub.add_parser("bench", help="speed benchmark (latency, batch throughput, cold start, memory); "
+                       "--learning-curve: fine-tuning on simulated reviewed decisions")  # fmt: skip
     p.add_argument("--learning-curve", action="store_true", help="accuracy after fine-tuning on N = 0 … 1000 decisions")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="speed benchmark: where to run")
+    p.add_argument("--quick", action="store_true", help="speed benchmark: few iterations (a smoke test)")
+    p.add_argument("--markdown", default=None, metavar="FILE", help="speed benchmark: also write a Markdown report")
     p.add_argument("--model", default=None, help=model_help)
     p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
     p.add_argument("--plot", default="docs/learning_curve.png", help="PNG of the learning curve ('' for none)")
