@@ -47,7 +47,7 @@ class BatchLimits:
     max_ref_chars: int = 64  # line_items.line_ref is String(64)
     max_text_chars: int = LIMITS.max_text_chars
     max_photos_per_row: int = LIMITS.max_images
-    max_zip_bytes: int = 1024 * 1024 * 1024  # the upload itself
+    max_zip_bytes: int = 512 * 1024 * 1024  # the upload itself
     max_zip_entries: int = 10_000
     max_zip_total_bytes: int = 2 * 1024 * 1024 * 1024  # declared uncompressed size of all entries
     max_photo_bytes: int = LIMITS.max_image_bytes
