@@ -639,7 +639,7 @@ def run(
     def prepare(session):
         active = registry.ensure_default_registered(session, root=root)
         try:
-            base = registry.get_version(session, base_id) if base_id else active
+            base = registry.get_version(session, base_id) if base_id else registry.lineage_root(session, active)
         except LookupError as exc:
             raise FinetuneError(str(exc)) from None
         return active, base, collect_reviewed(session, photo_root)

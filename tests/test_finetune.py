@@ -281,6 +281,22 @@ def test_finetune_writes_a_version_with_parent_data_hash_and_the_base_bank(facto
     assert result.metrics["gate"]["candidate"]["heldout"] > result.metrics["gate"]["active"]["heldout"]
 
 
+def test_the_next_finetune_starts_again_from_the_shipped_model_unless_told(factory, model_env):
+    seed_reviewed(factory, 30, kinds=("approved", "corrected"))
+    first = finetune.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None)
+    assert first.activated, first.reason
+    seed_reviewed(factory, 5, kinds=("rejected", "approved"))
+    second = finetune.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None)
+    assert second.parent_id == "tiny-shipped" and second.compared_with == first.version_id
+    assert second.decisions == 65
+    third = finetune.run(
+        factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None, base_id=first.version_id
+    )
+    assert third.parent_id == first.version_id
+    with pytest.raises(FinetuneError, match="no model version 'nope'"):
+        finetune.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None, base_id="nope")
+
+
 def test_a_kept_version_records_why_in_its_card_and_an_audit_event(factory, model_env, monkeypatch):
     seed_reviewed(factory, 20, kinds=("approved",))
     monkeypatch.setattr(finetune, "decide", lambda c, a, t: decide(c, a, t).__class__(False, "kept: test", c, a, t))
@@ -452,7 +468,6 @@ def test_cli_finetune_json(app_db, factory, model_env, monkeypatch, capsys):
     ("args", "needle"),
     [
         (["finetune", "--started-by", "bea"], "no active admin by that name"),
-        (["bench"], "only `bench --learning-curve`"),
         (["bench", "--learning-curve", "--data-dir", "/nonexistent"], "needs the shared data"),
     ],
 )
