@@ -21,15 +21,16 @@ log = logging.getLogger(__name__)
 
 PAGES = {
     "classify": st.Page("pages/classify.py", title="Classify", icon=":material/search:", url_path="classify"),
+    "batch": st.Page("pages/batch.py", title="Batch", icon=":material/playlist_add_check:", url_path="batch"),
     "review": st.Page("pages/review.py", title="Review", icon=":material/fact_check:", url_path="review"),
     "decision_log": st.Page(
         "pages/decision_log.py", title="Decision log", icon=":material/table_view:", url_path="decision-log"
     ),
 }
 ROLE_PAGES = {
-    "broker": ("classify",),
+    "broker": ("classify", "batch"),
     "reviewer": ("review",),
-    "admin": ("classify", "review", "decision_log"),
+    "admin": ("classify", "batch", "review", "decision_log"),
 }
 FIRST_ADMIN_COMMAND = "python -m db users create --username admin --role admin"
 
