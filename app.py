@@ -22,15 +22,16 @@ log = logging.getLogger(__name__)
 PAGES = {
     "classify": st.Page("pages/classify.py", title="Classify", icon=":material/search:", url_path="classify"),
     "batch": st.Page("pages/batch.py", title="Batch", icon=":material/playlist_add_check:", url_path="batch"),
+    "my_items": st.Page("pages/my_items.py", title="My items", icon=":material/inbox:", url_path="my-items"),
     "review": st.Page("pages/review.py", title="Review", icon=":material/fact_check:", url_path="review"),
     "decision_log": st.Page(
         "pages/decision_log.py", title="Decision log", icon=":material/table_view:", url_path="decision-log"
     ),
 }
 ROLE_PAGES = {
-    "broker": ("classify", "batch"),
+    "broker": ("classify", "batch", "my_items"),
     "reviewer": ("review",),
-    "admin": ("classify", "batch", "review", "decision_log"),
+    "admin": ("classify", "batch", "my_items", "review", "decision_log"),
 }
 FIRST_ADMIN_COMMAND = "python -m db users create --username admin --role admin"
 

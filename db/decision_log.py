@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from db.models import DECISION_KINDS, Decision, LineItem, Prediction, Shipment, User
@@ -54,6 +54,7 @@ class DecisionFilter:
     shipment_reference: str | None = None
     model_version: str | None = None
     line_item_id: int | None = None
+    max_decision_id: int | None = None  # pins a listing: decisions made after it was read are left out
 
     def __post_init__(self) -> None:
         bad = [k for k in self.kinds if k not in DECISION_KINDS]
@@ -125,4 +126,33 @@ def decision_log(session: Session, filters: DecisionFilter | None = None) -> lis
         stmt = stmt.where(Decision.model_version == f.model_version)
     if f.line_item_id is not None:
         stmt = stmt.where(Decision.line_item_id == f.line_item_id)
+    if f.max_decision_id is not None:
+        stmt = stmt.where(Decision.id <= f.max_decision_id)
     return [dict(zip(LOG_COLUMNS, row, strict=True)) for row in session.execute(stmt)]
+
+
+@dataclass(frozen=True)
+class LogChoices:
+    """Values the decision log can be filtered on, for pick lists."""
+
+    usernames: tuple[str, ...]  # users who made at least one decision
+    model_versions: tuple[str, ...]
+
+
+def latest_decision_id(session: Session) -> int | None:
+    """The id of the newest decision, or ``None`` when there is none."""
+    return session.scalar(select(func.max(Decision.id)))
+
+
+def decision_log_choices(session: Session) -> LogChoices:
+    """Distinct usernames (of users who decided something) and model versions in the decision log, sorted."""
+    usernames = session.scalars(
+        select(User.username).where(User.id.in_(select(Decision.user_id).distinct())).order_by(User.username)
+    )
+    versions = session.scalars(
+        select(Decision.model_version)
+        .where(Decision.model_version.is_not(None))
+        .distinct()
+        .order_by(Decision.model_version)
+    )
+    return LogChoices(usernames=tuple(usernames), model_versions=tuple(versions))

@@ -40,6 +40,10 @@ class QueueFilter:
     username: str | None = None  # who made the latest decision (for 'submitted': the broker)
     limit: int = 200
     offset: int = 0
+    min_score: float | None = None  # the model's top subheading score (0..1) of the latest prediction, inclusive
+    max_score: float | None = None
+    decided_before: datetime | None = None  # latest decision made before this (aware UTC): "waiting longer than"
+    decided_after: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -62,13 +66,10 @@ class QueueItem:
     needs_review: bool | None
 
 
-def review_queue(session: Session, filters: QueueFilter | None = None) -> list[QueueItem]:
-    """List line items by derived status, oldest decision first (FIFO for reviewers)."""
-    f = filters or QueueFilter()
-    if f.status not in ITEM_STATUSES:
-        raise ValueError(f"status must be one of {', '.join(ITEM_STATUSES)}")
+def _queue_select():
+    """Line items joined to their shipment, latest decision (and its user) and latest prediction."""
     last_d, last_p = _last_decision_ids(), _last_prediction_ids()
-    stmt = (
+    return (
         select(LineItem, Shipment.reference, Decision, User.username, Prediction)
         .outerjoin(Shipment, Shipment.id == LineItem.shipment_id)
         .outerjoin(last_d, last_d.c.line_item_id == LineItem.id)
@@ -77,6 +78,14 @@ def review_queue(session: Session, filters: QueueFilter | None = None) -> list[Q
         .outerjoin(last_p, last_p.c.line_item_id == LineItem.id)
         .outerjoin(Prediction, Prediction.id == last_p.c.prediction_id)
     )
+
+
+def review_queue(session: Session, filters: QueueFilter | None = None) -> list[QueueItem]:
+    """List line items by derived status, oldest decision first (FIFO for reviewers)."""
+    f = filters or QueueFilter()
+    if f.status not in ITEM_STATUSES:
+        raise ValueError(f"status must be one of {', '.join(ITEM_STATUSES)}")
+    stmt = _queue_select()
     stmt = stmt.where(Decision.id.is_(None)) if f.status == "new" else stmt.where(Decision.kind == f.status)
     if f.needs_review is not None:
         stmt = stmt.where(Prediction.needs_review.is_(f.needs_review))
@@ -86,7 +95,19 @@ def review_queue(session: Session, filters: QueueFilter | None = None) -> list[Q
         stmt = stmt.where(Shipment.reference == f.shipment_reference)
     if f.username:
         stmt = stmt.where(User.username == f.username.strip().lower())
+    if f.min_score is not None:
+        stmt = stmt.where(Prediction.top_score >= f.min_score)
+    if f.max_score is not None:
+        stmt = stmt.where(Prediction.top_score <= f.max_score)
+    if f.decided_before is not None:
+        stmt = stmt.where(Decision.created_at < f.decided_before)
+    if f.decided_after is not None:
+        stmt = stmt.where(Decision.created_at >= f.decided_after)
     stmt = stmt.order_by(func.coalesce(Decision.id, 0), LineItem.id).limit(f.limit).offset(f.offset)
+    return _queue_items(session, stmt)
+
+
+def _queue_items(session: Session, stmt) -> list[QueueItem]:
     return [
         QueueItem(
             line_item_id=item.id,
@@ -106,6 +127,12 @@ def review_queue(session: Session, filters: QueueFilter | None = None) -> list[Q
         )
         for item, ref, decision, username, pred in session.execute(stmt)
     ]
+
+
+def items_created_by(session: Session, user_id: int, *, limit: int = 100) -> list[QueueItem]:
+    """The line items one user created, newest first, each with its derived status and latest decision."""
+    stmt = _queue_select().where(LineItem.created_by == user_id).order_by(LineItem.id.desc()).limit(limit)
+    return _queue_items(session, stmt)
 
 
 @dataclass(frozen=True)

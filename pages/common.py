@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import streamlit as st
 
 from db.engine import default_db_url, make_engine, make_session_factory, run_transaction, upgrade
+from db.models import utcnow
 from db.photos import default_photo_root
 from services.auth import Actor
-from services.classify import load_classifier, resolve_model_dir
+from services.classify import format_code, load_classifier, resolve_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,16 @@ def in_transaction(fn: Callable[[Any], T]) -> T:
     return run_transaction(session_factory(), fn)
 
 
+def deferred(fn: Callable[[Any], T]) -> Callable[[], T]:
+    """``fn(session)`` as a no-argument callable run later in its own transaction, on any thread.
+
+    For work done when a button is clicked rather than when the page is drawn (``st.download_button(data=...)``
+    runs its callable off the script thread, where the cached factory cannot be looked up).
+    """
+    factory = session_factory()
+    return lambda: run_transaction(factory, fn)
+
+
 def photo_root() -> Path:
     """Where uploaded photos are stored (env ``HS_PHOTO_DIR``)."""
     return default_photo_root()
@@ -65,3 +77,40 @@ def current_actor() -> Actor | None:
 def md(text: str) -> str:
     """Escape Markdown (and Streamlit's :color[] / :icon: directives) so text renders literally."""
     return text.translate(_MD_SPECIAL)
+
+
+def ago(at: datetime | None) -> str:
+    """How long ago an aware UTC time was, roughly: "just now", "5 min ago", "3 h ago", "2 days ago"."""
+    if at is None:
+        return "—"
+    seconds = max(0, int((utcnow() - at).total_seconds()))
+    if seconds < 60:
+        return "just now"
+    if seconds < 3600:
+        return f"{seconds // 60} min ago"
+    if seconds < 86400:
+        return f"{seconds // 3600} h ago"
+    days = seconds // 86400
+    return "1 day ago" if days == 1 else f"{days} days ago"
+
+
+_KIND_ICONS = {
+    "submitted": ":material/send:",
+    "approved": ":material/check_circle:",
+    "corrected": ":material/edit:",
+    "rejected": ":material/undo:",
+}
+
+
+def history_markdown(history) -> str:
+    """A line item's decisions (``services.review.HistoryEntry``), oldest first, as an escaped Markdown list."""
+    lines = []
+    for d in history:
+        code = f" **{format_code(d.code)}**" if d.code else ""
+        line = (
+            f"- {_KIND_ICONS.get(d.kind, '')} {d.at:%Y-%m-%d %H:%M} UTC · {md(d.username)} ({d.role}): {d.kind}{code}"
+        )
+        if d.comment:
+            line += f"  \n  _{md(' '.join(d.comment.split()))}_"
+        lines.append(line)
+    return "\n".join(lines) or "No decisions yet."

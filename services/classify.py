@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Decision
 from db.photos import sniff_image, store_photo
-from db.queries import create_line_item, get_or_create_shipment, record_prediction
+from db.queries import add_audit_event, create_line_item, get_or_create_shipment, record_prediction
 from hs_model.config import DEFAULT_MODEL_DIR, LIMITS
 from hs_model.errors import InputError
 from hs_model.images import load_image
@@ -228,6 +228,8 @@ def classify_and_record(
         needs_review=prediction.needs_review,
         candidates=_candidate_rows(prediction),
     )
+    audit = {"line_item_id": item.id, "prediction_id": row.id, "model_version": row.model_version}
+    add_audit_event(session, action="classification", user_id=actor.user_id, username=actor.username, detail=audit)
     log.info("line item %s classified by %s: %s (%s)", item.id, actor.username, prediction.top.code, row.model_version)
     return RecordedClassification(line_item_id=item.id, prediction_id=row.id, prediction=prediction)
 

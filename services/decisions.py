@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
@@ -20,7 +21,7 @@ from db.queries import (
 )
 from db.queries import review_queue as _review_queue
 from services.auth import Actor, refresh_actor, require_role
-from services.errors import InvalidInput, NotFound, PermissionDenied
+from services.errors import InvalidInput, NotFound, PermissionDenied, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,64 @@ def reject(session: Session, actor: Actor | None, line_item_id: int, reason: str
     text = _comment(reason, required="Give a reason for the rejection.")
     prediction = latest_prediction(session, item.id)
     return _record(session, actor, item, kind="rejected", code=None, comment=text, prediction=prediction)
+
+
+def is_agreement(submitted_code: str | None, model_top_code: str | None, needs_review: bool | None) -> bool:
+    """Whether a submission is a high-confidence agreement, the kind that may be approved in bulk.
+
+    The broker submitted the model's best subheading, and the model was confident: its prediction is not
+    flagged for review (the calibrated heading score reached the review threshold).
+    """
+    return submitted_code is not None and submitted_code == model_top_code and needs_review is False
+
+
+@dataclass(frozen=True)
+class BulkApproval:
+    """The outcome of `approve_agreements`: the decisions made and the items refused, with why."""
+
+    approved: tuple[Decision, ...]
+    refused: tuple[tuple[int, str], ...]  # (line_item_id, message)
+
+
+def approve_agreements(
+    session: Session, actor: Actor | None, line_item_ids: Iterable[int], comment: str = ""
+) -> BulkApproval:
+    """Approve several high-confidence agreements (see `is_agreement`); each approval is its own decision.
+
+    Each item goes through the same checks as `approve`, in its own savepoint: an item that is no longer
+    waiting, no longer an agreement, or is the reviewer's own submission is refused with the reason, and
+    the others are still approved.
+
+    Raises:
+        PermissionDenied: Not signed in or wrong role (nothing is approved).
+        InvalidInput: No items, or a comment over the limit.
+    """
+    actor = refresh_actor(session, require_role(actor, *REVIEWERS, action="approve classifications"))
+    text = _comment(comment)
+    ids = list(dict.fromkeys(line_item_ids))
+    if not ids:
+        raise InvalidInput("Tick at least one item to approve.")
+    approved: list[Decision] = []
+    refused: list[tuple[int, str]] = []
+    for item_id in ids:
+        try:
+            with session.begin_nested():
+                item, state = _start_review(session, actor, item_id, "approve classifications")
+                prediction = latest_prediction(session, item.id)
+                top, unsure = (prediction.top_code, prediction.needs_review) if prediction else (None, None)
+                if not is_agreement(state.submitted_code, top, unsure):
+                    raise InvalidInput(
+                        f"Line item {item.id} is not a high-confidence agreement with the model; review it on its own."
+                    )
+                code = state.submitted_code
+                decision = _record(
+                    session, actor, item, kind="approved", code=code, comment=text, prediction=prediction
+                )
+                approved.append(decision)
+        except ServiceError as exc:
+            refused.append((item_id, str(exc)))
+    log.info("bulk approval by %s: %d approved, %d refused", actor.username, len(approved), len(refused))
+    return BulkApproval(approved=tuple(approved), refused=tuple(refused))
 
 
 def review_queue(session: Session, actor: Actor | None, filters: QueueFilter | None = None) -> list[QueueItem]:

@@ -1,0 +1,161 @@
+"""End to end in a real Chromium: a broker submits, a reviewer corrects with the code picker, an admin downloads the log.
+
+Uses the app-start fixtures of ``test_classify_e2e`` (``streamlit run app.py`` on a free port, the real zero-shot
+model, a SQLite file under ``tmp_path``). Set ``HS_SCREENSHOTS=1`` to refresh ``docs/screenshots/review.png`` and
+``docs/screenshots/decision_log.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from db.models import AuditEvent, Decision
+from tests.browser.test_classify_e2e import (  # noqa: F401 - server and page are pytest fixtures
+    MODEL_TIMEOUT_MS,
+    PASSWORD,
+    needs_chromium,
+    page,
+    product_photo,
+    screenshot_full_app,
+    server,
+    sign_in_and_describe,
+    upload,
+)
+
+pytestmark = pytest.mark.browser
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+JUSTIFICATION = "Collar and buttons on the photo: a shirt."
+FIRST_LOAD_TIMEOUT_MS = 600_000
+REASON = "Crew neck, no collar or buttons: a T-shirt of knitted cotton."
+
+
+def sign_in(ui, username: str, heading: str) -> None:
+    from playwright.sync_api import expect
+
+    ui.get_by_label("Username").fill(username)
+    ui.get_by_role("textbox", name="Password").fill(PASSWORD)
+    ui.get_by_role("button", name="Sign in").click()
+    expect(ui.get_by_role("heading", name=heading)).to_be_visible(timeout=MODEL_TIMEOUT_MS)
+
+
+def sign_out(ui) -> None:
+    from playwright.sync_api import expect
+
+    ui.get_by_role("button", name="Sign out").click()
+    expect(ui.get_by_role("button", name="Sign in")).to_be_visible(timeout=60_000)
+
+
+def broker_submits_a_shirt(ui, tmp_path: Path) -> None:
+    """Bea classifies a T-shirt with a photo, but submits 6105.10 (shirts) from the tree search."""
+    from playwright.sync_api import expect
+
+    # The first sign-in loads the model in the server (minutes on a busy 2-core box; cached on disk after).
+    expect(ui.get_by_label("Username")).to_be_visible(timeout=60_000)
+    ui.get_by_label("Username").fill("bea")
+    ui.get_by_role("textbox", name="Password").fill(PASSWORD)
+    ui.get_by_role("button", name="Sign in").click()
+    expect(ui.get_by_text("zero-shot-v1")).to_be_visible(timeout=FIRST_LOAD_TIMEOUT_MS)
+    sign_out(ui)
+    sign_in_and_describe(ui, "men's knitted cotton T-shirt")
+    upload(ui, product_photo(tmp_path))
+    expect(ui.locator("[data-testid='stImage']").first).to_be_visible(timeout=30_000)
+    ui.get_by_role("button", name="Classify").click()
+    expect(ui.get_by_text("Candidates for line item #1")).to_be_visible(timeout=MODEL_TIMEOUT_MS)
+    ui.get_by_text("Another code (search the HS 2022 tree)").click()
+    search = ui.get_by_label("Search by code or words")
+    search.fill("6105.10")
+    search.press("Enter")
+    picked = ui.get_by_role("combobox", name="Subheading", exact=True)
+    expect(picked).to_have_value(re.compile(r"^6105\.10 — Shirts; men's or boys', of cotton"), timeout=30_000)
+    justification = ui.get_by_label("Justification (optional)")
+    justification.fill(JUSTIFICATION)
+    justification.press("Control+Enter")
+    ui.get_by_role("button", name="Submit", exact=True).click()
+    expect(ui.locator("[data-testid='stAlertContentSuccess']")).to_contain_text("Submitted 6105.10", timeout=60_000)
+
+
+def reviewer_corrects_to_a_t_shirt(ui) -> None:
+    """Rita opens the item, sees its photo and candidates, and corrects it to 6109.10 found by words."""
+    from playwright.sync_api import expect
+
+    sign_in(ui, "rita", "Review submitted codes")
+    expect(ui.get_by_text("Line item #1", exact=True)).to_be_visible(timeout=60_000)
+    expect(ui.locator("[data-testid='stImage']").first).to_be_visible(timeout=30_000)
+    expect(ui.locator("[data-testid='stText']").filter(has_text=JUSTIFICATION)).to_be_visible()
+    ui.get_by_role("radiogroup", name="Decision").get_by_role("radio", name="Correct").click()
+    search = ui.get_by_label("Find the right subheading (code or words; Enter to search)")
+    expect(search).to_be_visible(timeout=30_000)
+    search.fill("T-shirts")
+    search.press("Enter")
+    picker = ui.get_by_role("combobox", name="Correct subheading")
+    expect(picker).to_be_visible(timeout=30_000)
+    ui.wait_for_timeout(1000)  # let the rerun with the search hits settle before opening the list
+    picker.click()
+    ui.get_by_role("option", name=re.compile(r"^6109\.10 — T-shirts")).click()
+    expect(picker).to_have_value(re.compile(r"^6109\.10 — T-shirts"))
+    ui.get_by_label("Reason (required; Ctrl+Enter to submit)").fill(REASON)
+    if os.environ.get("HS_SCREENSHOTS") == "1":
+        screenshot_full_app(ui, SCREENSHOTS / "review.png")
+    ui.get_by_role("button", name="Save correction").click()
+    outcome = ui.locator("[data-testid='stAlertContentSuccess'], [data-testid='stAlertContentError']")
+    expect(outcome.filter(has_text="corrected as 6109.10").or_(outcome.filter(has_text="rror"))).to_be_visible(
+        timeout=120_000
+    )
+    assert "corrected as 6109.10" in outcome.first.inner_text(), outcome.all_inner_texts()
+    expect(ui.get_by_text("Nothing is waiting for review.")).to_be_visible()
+
+
+def admin_downloads_the_csv(ui, tmp_path: Path) -> str:
+    from playwright.sync_api import expect
+
+    sign_in(ui, "ada", "Classify a product")
+    ui.get_by_role("link", name="Decision log").click()
+    expect(ui.get_by_role("heading", name="Decision log")).to_be_visible(timeout=60_000)
+    expect(ui.get_by_text("2 decision(s) match.")).to_be_visible(timeout=30_000)
+    expect(ui.locator("[data-testid='stDataFrame']")).to_be_visible()
+    if os.environ.get("HS_SCREENSHOTS") == "1":
+        ui.wait_for_timeout(1500)  # the data grid draws on a canvas after it appears
+        screenshot_full_app(ui, SCREENSHOTS / "decision_log.png")
+    with ui.expect_download(timeout=60_000) as download:
+        ui.get_by_role("button", name="CSV", exact=True).click()
+    assert re.fullmatch(r"hs-decisions-\d{8}T\d{6}Z\.csv", download.value.suggested_filename)
+    target = tmp_path / "export.csv"
+    download.value.save_as(target)
+    return target.read_text(encoding="utf-8")
+
+
+@needs_chromium
+def test_broker_submits_reviewer_corrects_admin_exports(app_db, page, tmp_path):  # noqa: F811 - fixture
+    app_db.add_user("bea", "broker", PASSWORD)
+    app_db.add_user("rita", "reviewer", PASSWORD)
+    app_db.add_user("ada", "admin", PASSWORD)
+
+    broker_submits_a_shirt(page, tmp_path)
+    sign_out(page)
+    reviewer_corrects_to_a_t_shirt(page)
+    sign_out(page)
+    text = admin_downloads_the_csv(page, tmp_path)
+
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [(r["kind"], r["code"], r["username"], r["role"], r["comment"]) for r in rows] == [
+        ("submitted", "610510", "bea", "broker", JUSTIFICATION),
+        ("corrected", "610910", "rita", "reviewer", REASON),
+    ]
+    assert {r["line_item_id"] for r in rows} == {"1"} and {r["model_version"] for r in rows} == {"zero-shot-v1"}
+    with app_db.factory() as session:
+        kinds = session.scalars(select(Decision.kind).order_by(Decision.id)).all()
+        exports = session.scalars(select(AuditEvent).where(AuditEvent.action == "export")).all()
+        classified = session.scalars(select(AuditEvent).where(AuditEvent.action == "classification")).all()
+    assert kinds == ["submitted", "corrected"]
+    assert [(e.username, e.detail["format"], e.detail["rows"], e.detail["via"]) for e in exports] == [
+        ("ada", "csv", 2, "app")
+    ]
+    assert [(e.username, e.detail["line_item_id"]) for e in classified] == [("bea", 1)]
