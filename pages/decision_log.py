@@ -18,7 +18,11 @@ FORMAT_LABELS = {"csv": "CSV", "jsonl": "JSONL", "parquet": "Parquet"}
 
 
 def filter_form(choices) -> DecisionFilter:
-    """Draw the filters; returns the ones last applied (ValueError for a malformed code prefix)."""
+    """Draw the filters; returns the ones last applied.
+
+    Raises:
+        ValueError: A filter the log cannot use (its message says which).
+    """
     users, versions = (ANY, *choices.usernames), (ANY, *choices.model_versions)
     for key, options in (("log_user", users), ("log_model", versions)):
         if st.session_state.get(key) not in (None, *options):
@@ -36,12 +40,15 @@ def filter_form(choices) -> DecisionFilter:
             "Model version", versions, key="log_model", format_func=lambda v: v or "Any model"
         )
         button_col.form_submit_button("Apply filters", type="primary", icon=":material/filter_list:")
+    prefix = "".join(prefix.replace(".", "").split())
+    if prefix and not (prefix.isascii() and prefix.isdigit()):
+        raise ValueError("“Code starts with” takes digits only, e.g. 6109 or 6109.10.")
     return DecisionFilter(
         since=since,
         until=until,
         kinds=tuple(kinds),
         username=username or None,
-        code_prefix="".join(prefix.replace(".", "").split()) or None,
+        code_prefix=prefix or None,
         shipment_reference=shipment.strip() or None,
         model_version=version or None,
     )
@@ -113,8 +120,8 @@ except ServiceError as exc:
     st.stop()
 try:
     filters = filter_form(choices)
-except ValueError:
-    st.error("“Code starts with” takes digits only, e.g. 6109 or 6109.10.", icon=":material/error:")
+except ValueError as exc:
+    st.error(md(str(exc)), icon=":material/error:")
     st.stop()
 
 listed = common.in_transaction(lambda session: list_decisions(session, actor, filters))

@@ -164,6 +164,9 @@ def test_a_code_prefix_that_is_not_digits_is_explained(app_db, history):
     at.text_input(key="log_prefix").input("61x")
     apply(at)
     assert [plain(e) for e in at.error] == ["“Code starts with” takes digits only, e.g. 6109 or 6109.10."]
+    at.text_input(key="log_prefix").input("６１")  # full-width digits are digits to Python, not to HS codes
+    apply(at)
+    assert [plain(e) for e in at.error] == ["“Code starts with” takes digits only, e.g. 6109 or 6109.10."]
 
 
 def test_an_empty_log(app_db):
