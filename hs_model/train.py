@@ -110,6 +110,12 @@ def fit(
         ],
         lr=cfg.lr,
     )
+    # Per-code corrections only for codes with training data; every other code keeps exactly its prototypes.
+    seen = codes_with_data(model, train)
+    hooks = [
+        model.correction.register_hook(lambda g: g * seen[:, None]),
+        model.correction_bias.register_hook(lambda g: g * seen),
+    ]
     history, best, best_state = [], -1.0, None
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
@@ -142,10 +148,26 @@ def fit(
             on_epoch(row)
         if acc > best:
             best, best_state = acc, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for hook in hooks:
+        hook.remove()
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return history
+
+
+def codes_with_data(model: HsJointModel, fs: FeatureSet) -> torch.Tensor:
+    """[S] float mask of subheadings that a training row is labelled with (directly, or under its heading/chapter)."""
+    seen = torch.zeros(len(model.space.subheadings))
+    for level, parent in ((6, None), (4, model.sub_to_head), (2, model.sub_to_chap)):
+        targets = fs.target[fs.level == level].unique()
+        if len(targets) == 0:
+            continue
+        if parent is None:
+            seen[targets] = 1.0
+        else:
+            seen[torch.isin(parent.cpu(), targets)] = 1.0
+    return seen
 
 
 @torch.no_grad()

@@ -17,7 +17,10 @@ def synthetic_pool(n: int, seed: int) -> FeatureSet:
     heads = sorted({c[:4] for c in CODES})
     level = torch.where(torch.arange(n) % 2 == 0, 6, 4)
     target = torch.tensor(
-        [int(i) if lv == 6 else heads.index(CODES[i][:4]) for i, lv in zip(code_idx.tolist(), level.tolist(), strict=True)]
+        [
+            int(i) if lv == 6 else heads.index(CODES[i][:4])
+            for i, lv in zip(code_idx.tolist(), level.tolist(), strict=True)
+        ]
     )
     return FeatureSet(
         text=torch.zeros(n, E),
@@ -44,3 +47,14 @@ def test_training_learns_photo_signatures_and_calibrates():
     calib = calibrate(model, val, target_accuracy=0.9)
     assert 0.1 <= calib["temperature"] <= 10
     assert 0.0 <= calib["review_threshold"] <= 1.0
+
+
+def test_corrections_stay_zero_for_codes_without_data():
+    model = tiny_model()
+    pool = synthetic_pool(300, 3)
+    keep = torch.tensor([i for i in range(len(pool)) if pool.level[i] == 6 and CODES[int(pool.target[i])][:2] == "61"])
+    train = pool.subset(keep)  # only chapter-61 subheadings have data
+    fit(model, train, train, TrainConfig(epochs=2, batch_size=64, lr=1e-2, label_examples_per_epoch=0))
+    for i, code in enumerate(CODES):
+        has_data = code[:2] == "61"
+        assert bool(model.correction[i].abs().sum() > 0) == has_data, code
