@@ -66,3 +66,9 @@ def cached_image_features(tower: ImageTower, paths: Sequence[Path], tag: str) ->
     out = {"pooled": pooled, "probs": probs, "ok": ok}
     save_file(out, str(path))
     return out
+
+
+def myntra_image_features(tower: ImageTower, data_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """Features of every Myntra photo (one cache for all splits) and the row of each product id."""
+    paths = sorted((data_dir / "products" / "images").glob("*.jpg"), key=lambda p: int(p.stem))
+    return cached_image_features(tower, paths, "myntra"), {p.stem: i for i, p in enumerate(paths)}

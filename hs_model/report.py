@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from hs_model.config import cache_dir
 from hs_model.datasets import Example, convert_atlas, convert_hscodecomp, load_eval_jsonl, load_myntra, write_eval_jsonl
 from hs_model.evaluate import Modality, RowResult, encode_rows, evaluate_rows, score_rows
+from hs_model.features import myntra_image_features
 from hs_model.predict import Classifier, Features
 
 log = logging.getLogger(__name__)
@@ -32,18 +33,41 @@ class Condition:
     name: str
     examples: list[Example]
     modality: Modality
+    data_dir: Path | None = None  # set for Myntra: its photos' tower outputs come from the shared feature cache
 
 
 def myntra_conditions(data_dir: Path) -> list[Condition]:
     test = [e for e in load_myntra(data_dir, "test") if e.images]
     brand = [replace(e, text=(e.text or "").split()[0] if (e.text or "").split() else "") for e in test]
     return [
-        Condition("Myntra test, title + photo", test, "both"),
-        Condition("Myntra test, title only", test, "text"),
-        Condition("Myntra test, photo only", test, "image"),
-        Condition("Myntra test, brand word + photo", brand, "both"),
-        Condition("Myntra test, empty text + photo", [replace(e, text="") for e in test], "both"),
+        Condition("Myntra test, title + photo", test, "both", data_dir),
+        Condition("Myntra test, title only", test, "text", data_dir),
+        Condition("Myntra test, photo only", test, "image", data_dir),
+        Condition("Myntra test, brand word + photo", brand, "both", data_dir),
+        Condition("Myntra test, empty text + photo", [replace(e, text="") for e in test], "both", data_dir),
     ]
+
+
+def myntra_features(classifier: Classifier, cond: Condition) -> tuple[list[int], Features]:
+    """The same tower outputs `Classifier.encode` gives (one photo per product), with the photos' features read
+    from the cache that training filled (every Myntra photo, computed once), so five conditions cost seconds."""
+    img, row_of = myntra_image_features(classifier.image_tower, cond.data_dir)
+    idx = torch.tensor([row_of[e.id] for e in cond.examples], dtype=torch.long)
+    use_text = cond.modality in ("text", "both")
+    use_image = cond.modality in ("image", "both")
+    texts = [(e.text or "").strip() if use_text else "" for e in cond.examples]
+    n = len(texts)
+    text = torch.zeros(n, classifier.text_tower.dim)
+    with_text = [i for i, t in enumerate(texts) if t]
+    if with_text:
+        text[with_text] = classifier.text_tower.encode_text([texts[i] for i in with_text])
+    has_image = img["ok"][idx] if use_image else torch.zeros(n, dtype=torch.bool)
+    pooled = img["pooled"][idx] * has_image[:, None]
+    probs = img["probs"][idx] * has_image[:, None]
+    has_text = torch.tensor([bool(t) for t in texts])
+    served = [i for i in range(n) if has_text[i] or has_image[i]]
+    keep = torch.tensor(served, dtype=torch.long)
+    return served, Features(text[keep], pooled[keep], probs[keep], has_text[keep], has_image[keep])
 
 
 def public_conditions(data_dir: Path, work: Path) -> list[Condition]:
@@ -67,7 +91,10 @@ def cached_encode(classifier: Classifier, cond: Condition) -> tuple[list[int], F
     if path.is_file():
         t = load_file(str(path))
         return t["served"].tolist(), Features(t["text"], t["pooled"], t["probs"], t["has_text"], t["has_image"])
-    served, feats = encode_rows(classifier, cond.examples, cond.modality)
+    if cond.data_dir is not None:
+        served, feats = myntra_features(classifier, cond)
+    else:
+        served, feats = encode_rows(classifier, cond.examples, cond.modality)
     if feats is not None:
         save_file(
             {

@@ -24,7 +24,7 @@ from hs_model.bank import DEFAULT_BRIDGE_PROMPT, build_official_bank, with_extra
 from hs_model.calibration import choose_threshold
 from hs_model.checkpoint import ModelCard, save_checkpoint
 from hs_model.datasets import split_of
-from hs_model.features import cached_image_features, cached_text_embeddings
+from hs_model.features import cached_text_embeddings, myntra_image_features
 from hs_model.losses import ClipLoss, hierarchical_nll
 from hs_model.model import HeadConfig, HsJointModel, LabelSpace
 from hs_model.predict import trained_parts
@@ -82,12 +82,6 @@ class FeatureSet:
 
 
 _TENSORS = ("text", "pooled", "probs", "has_text", "has_image", "target", "level", "exclude", "pair")
-
-
-def myntra_image_features(tower: ImageTower, data_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
-    """Features of every Myntra photo (one cache for all splits) and the row of each product id."""
-    paths = sorted((data_dir / "products" / "images").glob("*.jpg"), key=lambda p: int(p.stem))
-    return cached_image_features(tower, paths, "myntra"), {p.stem: i for i, p in enumerate(paths)}
 
 
 # -- training on feature pools (no towers needed: tests use tiny models) ---------------------------------------
