@@ -354,6 +354,31 @@ class Trainer:
         return save_checkpoint(out, tensors, card)
 
 
+DATA_FILES = (
+    "products/styles.csv",
+    "products/articletype_to_hs4.csv",
+    "train/uk_parcel_descriptions.csv",
+    "nomenclature_texts/uk_search_references.json",
+)
+
+
+def data_fingerprint(data_dir: Path, train: FeatureSet, val: FeatureSet) -> dict:
+    """SHA-256 of the input files and of the split membership, so a card says exactly what the model saw."""
+    import hashlib
+
+    def file_hash(rel: str) -> str | None:
+        path = data_dir / rel
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+    def split_hash(fs: FeatureSet) -> str:
+        h = hashlib.sha256()
+        for t in (fs.target, fs.level, fs.source and torch.tensor([len(s) for s in fs.source])):
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()
+
+    return {"files": {rel: file_hash(rel) for rel in DATA_FILES}, "train": split_hash(train), "val": split_hash(val)}
+
+
 def train_default(data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(), version: str | None = None) -> ModelCard:
     """The full recipe behind the shipped model: build pools, fit, calibrate, save."""
     t0 = time.perf_counter()
@@ -378,6 +403,7 @@ def train_default(data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(), v
                 "calibration": calib,
                 "seconds": time.perf_counter() - t0,
                 "split": "md5(id) % 5 == 0 -> test, % 10 == 1 -> val, else train (Myntra by product id, UK by text)",
+                "data_sha256": data_fingerprint(data_dir, train, val),
             },
             "metrics": {"validation_top1": val_metrics},
         },
