@@ -371,9 +371,8 @@ def data_fingerprint(data_dir: Path, train: FeatureSet, val: FeatureSet) -> dict
         return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
     def split_hash(fs: FeatureSet) -> str:
-        h = hashlib.sha256()
-        for t in (fs.target, fs.level, fs.source and torch.tensor([len(s) for s in fs.source])):
-            h.update(t.numpy().tobytes())
+        h = hashlib.sha256(fs.target.numpy().tobytes() + fs.level.numpy().tobytes())
+        h.update("\n".join(fs.source).encode())
         return h.hexdigest()
 
     return {"files": {rel: file_hash(rel) for rel in DATA_FILES}, "train": split_hash(train), "val": split_hash(val)}
