@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -143,8 +144,21 @@ class ImageTower(nn.Module):
         return self.model.conv_head if hasattr(self.model, "conv_head") else self.model.blocks[-1]
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """PIL RGB images -> normalised batch [N, 3, H, W] on the tower's device."""
-        x = torch.stack([self.transform(im.convert("RGB")) for im in images])
+        """PIL RGB images -> normalised batch [N, 3, H, W] on the tower's device.
+
+        Several photos are resized in worker threads (Pillow and torch release the GIL): on a GPU the serial
+        resizing, not the network, limits a batch.
+        """
+
+        def one(im: Image.Image) -> torch.Tensor:
+            return self.transform(im.convert("RGB"))
+
+        workers = min(len(images), usable_cores(), 8)
+        if workers > 1:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hs-preprocess") as pool:
+                x = torch.stack(list(pool.map(one, images)))
+        else:
+            x = torch.stack([one(im) for im in images])
         return x.to(self.device, dtype=next(self.model.parameters()).dtype)
 
     def forward_pixels(self, x: torch.Tensor) -> ImageFeatures:
