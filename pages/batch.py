@@ -113,7 +113,8 @@ def run(check, shipment: str) -> None:
     clear_results()
     actor = common.current_actor()
     progress = st.progress(0.0, text="Starting…")
-    st.button("Stop", key="batch_stop_button", icon=":material/stop_circle:", on_click=request_stop)
+    stop_slot = st.empty()
+    stop_slot.button("Stop", key="batch_stop_button", icon=":material/stop_circle:", on_click=request_stop)
 
     def on_progress(p) -> None:
         progress.progress(min(1.0, p.fraction), text=p.describe())
@@ -132,9 +133,10 @@ def run(check, shipment: str) -> None:
         )
     except ServiceError as exc:
         st.session_state["batch_run_error"] = str(exc)
-        progress.empty()
         return
-    progress.empty()
+    finally:
+        progress.empty()
+        stop_slot.empty()
     st.session_state["batch_result"] = result
 
 
