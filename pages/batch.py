@@ -229,6 +229,7 @@ def show_result(result) -> None:
         mime="text/csv",
         icon=":material/download:",
         key="batch_download_csv",
+        on_click="ignore",  # the file is built when clicked; no rerun
     )
     right.download_button(
         "Download XLSX",
@@ -237,6 +238,7 @@ def show_result(result) -> None:
         mime=XLSX_MIME,
         icon=":material/download:",
         key="batch_download_xlsx",
+        on_click="ignore",  # the file is built when clicked; no rerun
     )
 
     openable = {r["line_item_id"]: r for r in records if r["line_item_id"]}
