@@ -51,7 +51,7 @@ class CurveConfig:
     weak_min_rows: int = 4  # a heading needs this many pool rows to be judged
     poison_n: int = 1000
     poison_rate: float = 0.10
-    poison_kind: str = "random"  # which variant ("random" or "systematic") is reported as "poisoned"
+    poison_kind: str = "systematic"  # which variant ("random" or "systematic") is reported as "poisoned"
     seed: int = 0
 
 
@@ -125,22 +125,18 @@ def poison_random(golds: Sequence[str], rate: float, seed: int) -> tuple[list[st
 
 
 def poison_systematic(golds: Sequence[str], rate: float, seed: int) -> tuple[list[str], dict[str, Any]]:
-    """A reviewer who consistently confuses the commonest headings: every row of each is given the next one's
-    most common code (a cycle), headings taken by frequency until about `rate` of the rows are wrong."""
+    """A reviewer who consistently files one common heading under a neighbour: every row of the heading whose
+    share is closest to `rate` gets the commonest code of another heading of its chapter (of the commonest
+    other heading when its chapter has none). Chosen on the reviewed set alone, never on a test or benchmark."""
     del seed  # deterministic by construction
-    budget = round(rate * len(golds))
-    chosen, total = [], 0
-    for head, count in Counter(g[:4] for g in golds).most_common():
-        if total + count <= budget:
-            chosen.append(head)
-            total += count
-        if total >= 0.9 * budget and len(chosen) >= 2:
-            break
-    common = {h: Counter(g for g in golds if g[:4] == h).most_common(1)[0][0] for h in chosen}
-    swap = {h: common[chosen[(i + 1) % len(chosen)]] for i, h in enumerate(chosen)} if len(chosen) > 1 else {}
-    out = [swap.get(g[:4], g) for g in golds]
+    counts = Counter(g[:4] for g in golds)
+    head = min(counts, key=lambda h: (abs(counts[h] - rate * len(golds)), h))
+    ranked = [h for h, _ in counts.most_common() if h != head]
+    other = next((h for h in ranked if h[:2] == head[:2]), ranked[0])
+    code = Counter(g for g in golds if g[:4] == other).most_common(1)[0][0]
+    out = [code if g[:4] == head else g for g in golds]
     wrong = sum(a != b for a, b in zip(out, golds, strict=True))
-    return out, {"kind": "systematic", "wrong_labels": wrong, "relabelled": swap}
+    return out, {"kind": "systematic", "wrong_labels": wrong, "relabelled": {head: code}}
 
 
 POISONS = {"random": poison_random, "systematic": poison_systematic}
@@ -262,15 +258,24 @@ def plot_curve(result: dict[str, Any], out: Path) -> None:
     for x, r in zip(xs, curve, strict=True):
         ax.annotate(f"{r['seconds']:.0f}s", (x, 100 * r["accuracy"]), textcoords="offset points", xytext=(0, 7),
                     ha="center", fontsize=7, color="gray")  # fmt: skip
-    p = result["poisoned"]
-    ax.scatter([xs[-1]], [100 * p["accuracy"]], marker="x", color="red", zorder=3,
-               label=f"N={p['n']}, 10% wrong labels ({'activated' if p['activated'] else 'kept back by gate'})")  # fmt: skip
+    for (kind, p), color, dx in zip(
+        result["poisoned"]["variants"].items(), ("darkorange", "red"), (-0.12, 0.12), strict=False
+    ):
+        verdict = "activated" if p["activated"] else "kept back by the gate"
+        label = f"N={p['n']}, {p['wrong_labels']} wrong labels ({kind}): {verdict}"
+        ax.scatter([xs[-1] + dx], [100 * p["accuracy"]], marker="x", color=color, zorder=3, label=label)
+    weak = result["weak_headings"]
+    if weak.get("accuracy_in_headings_after") is not None:
+        ax.text(0.02, 0.97, f"{weak['n']} decisions in the {len(weak['headings'])} weakest headings (chosen on the pool):\n"
+                f"those headings on the test set {100 * weak['accuracy_in_headings_before']:.0f}% -> "
+                f"{100 * weak['accuracy_in_headings_after']:.0f}% ({weak['test_rows_in_headings']} rows)",
+                transform=ax.transAxes, va="top", fontsize=7)  # fmt: skip
     ax.set_xticks(xs, [str(r["n"]) for r in curve])
     ax.set_xlabel("reviewed decisions used for fine-tuning (N)")
     ax.set_ylabel(f"accuracy on the fixed test set (%, {result['test_rows']} rows)")
     ax.set_title(f"Fine-tuning from {result['base_model']}: learning curve", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, 0.9))
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 import threading
 from pathlib import Path
@@ -321,6 +322,11 @@ def test_benchmark_rows_take_part_in_the_gate(factory, model_env):
     result = finetune.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=bench)
     gate = result.metrics["gate"]
     assert gate["candidate"]["benchmark_rows"] == len(CODES) and gate["active"]["benchmark"] is not None
+    cached = list((Path(os.environ["HS_CACHE_DIR"]) / "gate").glob("*.json"))
+    assert len(cached) == 1  # the active version's benchmark score, reused by the next run
+    again = finetune.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=bench)
+    if again.compared_with == result.compared_with:
+        assert again.metrics["gate"]["active"]["benchmark"] == gate["active"]["benchmark"]
 
 
 def test_an_interrupted_finetune_leaves_registry_and_database_untouched(factory, model_env):
@@ -511,3 +517,28 @@ def test_real_towers_finetune_and_serve_the_new_version(factory, tmp_path, monke
     assert served.version == result.version_id and served.card.parent == "zero-shot-v1"
     pred = served.predict("men's knitted cotton T-shirt")
     assert pred.model_version == result.version_id and pred.levels[6][0].code.isdigit()
+
+
+def test_the_fast_text_only_path_gives_the_same_gradients():
+    """With the adapter frozen, text-only batches skip the backward pass through the label similarities."""
+    from hs_model.losses import hierarchical_nll
+
+    plain = TinyClassifier().model.train()
+    plain.text_adapter.requires_grad_(False)
+    fast = copy.deepcopy(plain)
+    fast.__class__ = finetune._FixedPrototypes
+    feats = TinyClassifier().encode([finetune.Query(f"item code {c}") for c in CODES])
+    target = torch.arange(len(CODES))
+    for m in (plain, fast):
+        out = m(*feats.as_inputs(torch.device("cpu")))
+        loss = hierarchical_nll(
+            lambda z, lv, m=m: m.level_log_probs(z, lv, temperature=False),
+            out.logits,
+            target,
+            torch.full_like(target, 6),
+        )
+        loss.backward()
+    for name in ("correction", "correction_bias", "logit_scale", "level_weight"):
+        a, b = dict(plain.named_parameters())[name].grad, dict(fast.named_parameters())[name].grad
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert fast.image_proj.weight.grad is None and not plain.image_proj.weight.grad.abs().sum()
