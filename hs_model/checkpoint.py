@@ -55,17 +55,50 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+NEXT_CARD = CARD + ".next"  # journal: the card that belongs to weights being committed
+
+
 def save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], card: ModelCard) -> ModelCard:
-    """Write weights then card atomically (a crash leaves either the old folder contents or the new ones)."""
+    """Write weights and card so that a crash at any moment leaves a loadable folder.
+
+    Order: weights to a temp file; the new card to `card.json.next` (the journal); weights renamed into
+    place; card renamed into place. A crash before the weights rename leaves the old pair; a crash between
+    the two renames leaves new weights whose card waits in the journal, which `load_checkpoint` commits.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkstemp(dir=folder, suffix=".tmp")[1])
+    fd, name = tempfile.mkstemp(dir=folder, suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
     card.weights_sha256 = sha256_file(tmp)
+    _write_atomic(folder / NEXT_CARD, card.to_json())
     os.replace(tmp, folder / WEIGHTS)
-    tmp_card = folder / (CARD + ".tmp")
-    tmp_card.write_text(card.to_json())
-    os.replace(tmp_card, folder / CARD)
+    os.replace(folder / NEXT_CARD, folder / CARD)
     return card
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _recover(folder: Path, digest: str) -> ModelCard | None:
+    """Finish a save that crashed between its two renames: the journal card matches the weights now in place."""
+    journal = folder / NEXT_CARD
+    if not journal.is_file():
+        return None
+    try:
+        pending = ModelCard.from_json(journal.read_text())
+    except (ValueError, TypeError):
+        return None
+    if pending.weights_sha256 != digest:
+        return None
+    os.replace(journal, folder / CARD)
+    return pending
 
 
 def read_card(folder: Path) -> ModelCard:
@@ -87,6 +120,8 @@ def load_checkpoint(folder: Path, expected_sha256: str | None = None) -> tuple[M
             return card, {}
         raise CheckpointError(f"The model {card.version} has no weights file at {weights}.")
     digest = sha256_file(weights)
+    if card.weights_sha256 and card.weights_sha256 != digest:
+        card = _recover(folder, digest) or card
     for want in (card.weights_sha256, expected_sha256):
         if want and want != digest:
             raise CheckpointError(
