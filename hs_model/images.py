@@ -37,9 +37,8 @@ def load_image(source: bytes | Path, name: str = "photo", limits: Limits = LIMIT
     if not data:
         raise ImageError(f"{name}: the file is empty (0 bytes).")
     if len(data) > limits.max_image_bytes:
-        raise ImageError(
-            f"{name}: {len(data) / 1e6:.1f} MB is over the {limits.max_image_bytes / 1e6:.0f} MB limit for one photo."
-        )
+        size, limit = _megabytes(len(data), limits.max_image_bytes)
+        raise ImageError(f"{name}: {size} MB is over the {limit} MB limit for one photo.")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -72,6 +71,15 @@ def load_image(source: bytes | Path, name: str = "photo", limits: Limits = LIMIT
     if max(w, h) / min(w, h) > limits.max_aspect_ratio:
         raise ImageError(f"{name}: {w}x{h} is too elongated (aspect ratio over {limits.max_aspect_ratio:.0f}:1).")
     return image
+
+
+def _megabytes(size: int, limit: int) -> tuple[str, str]:
+    """Both sizes in MB with as many decimals as it takes for them to read differently."""
+    for decimals in range(1, 8):
+        a, b = f"{size / 1e6:.{decimals}f}", f"{limit / 1e6:.{decimals}f}"
+        if a != b:
+            return a, b
+    return f"{size / 1e6:.7f}", f"{limit / 1e6:.7f}"
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -142,6 +142,8 @@ def classify(
 
 def _clean_ref(value: str | None, what: str) -> str | None:
     value = (value or "").strip()
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise InvalidInput(f"The {what} contains control characters (tabs, line breaks or binary); type it again.")
     if len(value) > MAX_REF_CHARS:
         raise InvalidInput(f"The {what} has {len(value)} characters; the limit is {MAX_REF_CHARS}.")
     return value or None
