@@ -12,12 +12,10 @@ from pages import common
 from pages.common import md
 from services.batch import (
     MAX_ROWS,
-    OUTPUT_COLUMNS,
     check_batch,
+    export_results,
     open_line_item,
     problem_rows,
-    results_csv,
-    results_xlsx,
     run_batch,
 )
 from services.classify import MAX_REF_CHARS, format_code
@@ -221,10 +219,11 @@ def show_result(result) -> None:
 
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", result.shipment_ref).strip("-") or "batch"
     records = result.records
+    actor = common.current_actor()  # each download builds its file when clicked and is audited
     left, right, _ = st.columns([1, 1, 4])
     left.download_button(
         "Download CSV",
-        data=lambda: results_csv(records, OUTPUT_COLUMNS),
+        data=common.deferred(lambda session: export_results(session, actor, result, "csv")),
         file_name=f"hs-batch-{stem}.csv",
         mime="text/csv",
         icon=":material/download:",
@@ -233,7 +232,7 @@ def show_result(result) -> None:
     )
     right.download_button(
         "Download XLSX",
-        data=lambda: results_xlsx(records, OUTPUT_COLUMNS),
+        data=common.deferred(lambda session: export_results(session, actor, result, "xlsx")),
         file_name=f"hs-batch-{stem}.xlsx",
         mime=XLSX_MIME,
         icon=":material/download:",

@@ -60,6 +60,7 @@ __all__ = [
     "BatchProgress",
     "BatchResult",
     "check_batch",
+    "export_results",
     "format_duration",
     "open_line_item",
     "problem_rows",
@@ -316,6 +317,25 @@ def run_batch(
         result.seconds,
     )
     return result
+
+
+EXPORT_FORMATS = ("csv", "xlsx")
+
+
+def export_results(session: Session, actor: Actor | None, result: BatchResult, fmt: str) -> bytes:
+    """A run's results as CSV or XLSX bytes, with a ``batch_export`` audit event (exports are audited).
+
+    Raises:
+        PermissionDenied: not a broker or admin, or the account changed since sign-in.
+        InvalidInput: unknown format.
+    """
+    actor = refresh_actor(session, require_role(actor, *SUBMITTERS, action="download batch results"))
+    if fmt not in EXPORT_FORMATS:
+        raise InvalidInput(f"Unknown format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}.")
+    data = results_csv(result.records, OUTPUT_COLUMNS) if fmt == "csv" else results_xlsx(result.records, OUTPUT_COLUMNS)
+    detail = {"format": fmt, "shipment": result.shipment_ref, "rows": len(result.records), "via": "app"}
+    add_audit_event(session, action="batch_export", user_id=actor.user_id, username=actor.username, detail=detail)
+    return data
 
 
 def _threshold(classifier: Classifier) -> float:

@@ -608,3 +608,22 @@ def test_cli_batch_smoke(tmp_path: Path):
     assert rows[0]["code_1"] and len(rows[0]["code_1"]) == 6 and rows[0]["error"] is None
     assert rows[1]["description"] == "Café crème mug" and rows[1]["heading"]
     assert rows[2]["code_1"] is None and "nope.jpg" in rows[2]["error"]
+
+
+def test_downloads_are_audited(app_db, broker):
+    from openpyxl import load_workbook
+
+    from db.models import AuditEvent
+    from services.batch import export_results, run_batch
+
+    result = run_batch(transact_for(app_db), FakeBatchClassifier(), broker, upload(2), shipment_ref="S-1",
+                       photo_root=app_db.photo_dir)  # fmt: skip
+    with app_db.factory.begin() as session:
+        data = export_results(session, broker, result, "xlsx")
+    sheet = load_workbook(io.BytesIO(data)).active
+    assert [c.value for c in sheet[1]][:4] == ["line", "line_ref", "line_item_id", "status"]
+    assert sheet.max_row == 4  # header + 2 classified + 1 not run
+    with app_db.factory() as session:
+        event = session.scalars(select(AuditEvent).where(AuditEvent.action == "batch_export")).one()
+    assert event.detail == {"format": "xlsx", "shipment": "S-1", "rows": 3, "via": "app"}
+    assert event.username == "bea"

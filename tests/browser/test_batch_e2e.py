@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from db.models import LineItem, Photo, Shipment
+from db.models import AuditEvent, LineItem, Photo, Shipment
 from tests.browser.test_classify_e2e import (  # noqa: F401 - pytest fixtures
     MODEL_TIMEOUT_MS,
     PASSWORD,
@@ -90,5 +90,7 @@ def test_broker_runs_a_batch_and_downloads_the_results(app_db, page, tmp_path): 
         items = session.scalars(select(LineItem).order_by(LineItem.id)).all()
         shipment_row = session.scalars(select(Shipment)).one()
         photos = session.scalars(select(Photo)).all()
+        exports = session.scalars(select(AuditEvent.detail).where(AuditEvent.action == "batch_export")).all()
     assert [(i.line_ref, i.shipment_id) for i in items] == [("L-1", shipment_row.id), ("L-2", shipment_row.id)]
     assert shipment_row.reference == "SHIP-E2E" and len(photos) == 1
+    assert sorted(e["format"] for e in exports) == ["csv", "xlsx"]  # every download is audited
