@@ -15,6 +15,8 @@ from db.models import utcnow
 from db.photos import default_photo_root
 from services.auth import Actor
 from services.classify import format_code, load_classifier, resolve_model_dir
+from services.errors import ServiceError
+from services.models import active_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +28,31 @@ SIGNED_IN_AT_KEY = "auth_signed_in_at"
 
 
 @st.cache_resource(show_spinner="Loading the HS model (the first start can take a minute)…")
+def get_base_classifier() -> Any:
+    """The towers and the official label texts, loaded once; every model version is a small head on top."""
+    return load_classifier(None)
+
+
+@st.cache_resource(show_spinner="Loading the model version…")
 def get_classifier(model_dir: str | None) -> Any:
     """One classifier per model folder, shared read-only by every session (``None``: zero-shot)."""
-    return load_classifier(Path(model_dir) if model_dir else None)
+    base = get_base_classifier()
+    return load_classifier(Path(model_dir), base) if model_dir else base
 
 
 def classifier() -> tuple[Any, str | None]:
-    """The classifier to use and, when it is the zero-shot fallback, why."""
+    """The active model version from the registry (no restart needed after an activation), else the shipped
+    model folder; when the zero-shot fallback is used, or the active version is refused, why."""
+    refused = None
+    try:
+        active = in_transaction(active_model_dir)
+    except ServiceError as exc:
+        log.error("active model version refused: %s", exc)
+        active, refused = None, f"The active model version was refused: {exc}"
+    if active is not None:
+        return get_classifier(str(active)), None
     folder, fallback_reason = resolve_model_dir()
-    return get_classifier(str(folder) if folder else None), fallback_reason
+    return get_classifier(str(folder) if folder else None), refused or fallback_reason
 
 
 @st.cache_resource(show_spinner="Opening the database…")

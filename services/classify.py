@@ -105,8 +105,13 @@ def resolve_model_dir() -> tuple[Path | None, str | None]:
     return None, f"No {CARD_FILE} in {folder}."
 
 
-def load_classifier(model_dir: Path | None) -> Classifier:
-    """Build the classifier (slow: loads the towers and embeds the label texts; cached on disk after)."""
+def load_classifier(model_dir: Path | None, base: Classifier | None = None) -> Classifier:
+    """Build the classifier (slow: loads the towers and embeds the label texts; cached on disk after).
+
+    With `base`, only the model version's small head is loaded on top of base's towers (fast).
+    """
+    if base is not None:
+        return base.with_model(model_dir)
     from hs_model.predict import Classifier
 
     return Classifier(model_dir)
