@@ -60,8 +60,11 @@ class DecisionFilter:
         bad = [k for k in self.kinds if k not in DECISION_KINDS]
         if bad:
             raise ValueError(f"unknown decision kind {bad[0]!r}; expected one of {', '.join(DECISION_KINDS)}")
-        if self.code_prefix is not None and not self.code_prefix.isdigit():
+        if self.code_prefix is not None and not (self.code_prefix.isascii() and self.code_prefix.isdigit()):
             raise ValueError(f"code prefix must be digits, not {self.code_prefix!r}")
+        for key in ("username", "shipment_reference", "model_version"):
+            if "\x00" in (getattr(self, key) or ""):  # PostgreSQL refuses NUL in text: a DataError, not a message
+                raise ValueError(f"the {key.replace('_', ' ')} filter contains a NUL character")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form for audit events (only the filters that are set)."""

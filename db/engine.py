@@ -56,13 +56,15 @@ def make_engine(url: str | URL, **kwargs) -> Engine:
 
     Args:
         url: Any SQLAlchemy URL, e.g. ``sqlite:////abs/path.sqlite3`` or ``postgresql+psycopg://...``.
-        **kwargs: Passed to :func:`sqlalchemy.create_engine`.
+        **kwargs: Passed to :func:`sqlalchemy.create_engine`. ``hide_parameters`` defaults to ``True``:
+            bound values (password hashes among them) stay out of SQL logs and error messages.
 
     Returns:
         The engine. For SQLite, every transaction starts with ``BEGIN`` (``DEFERRED`` unless the
         connection's execution option ``sqlite_begin`` says ``IMMEDIATE``), so reads inside a
         transaction are repeatable and DDL is transactional.
     """
+    kwargs.setdefault("hide_parameters", True)
     u = make_url(url)
     if not _is_sqlite(u):
         return create_engine(u, **kwargs)
@@ -154,9 +156,21 @@ def run_transaction(factory: sessionmaker[Session], fn: Callable[[Session], T], 
     Returns:
         What ``fn`` returned, after commit.
     """
+    bind = factory.kw.get("bind")
+    # On SQLite a DEFERRED transaction that reads, then writes, fails at once ("database is locked", no busy
+    # wait) whenever another writer committed in between; under steady concurrent writes it can lose that race
+    # on every attempt. A transaction that lost it evidently writes: retry it with BEGIN IMMEDIATE, which
+    # waits for the write lock (busy timeout) instead of racing again.
+    immediate = bind.execution_options(sqlite_begin="IMMEDIATE") if bind is not None and _is_sqlite(bind.url) else None
+    tries = 0
 
     def once() -> T:
-        with factory.begin() as session:
+        nonlocal tries
+        tries += 1
+        if tries == 1 or immediate is None:
+            with factory.begin() as session:
+                return fn(session)
+        with factory(bind=immediate) as session, session.begin():
             return fn(session)
 
     return with_retry(once, attempts=attempts)

@@ -464,7 +464,15 @@ def replay_pool(model: HsJointModel, tensors: dict[str, torch.Tensor]) -> Featur
 
 
 class _FixedPrototypes(HsJointModel):
-    """The joint model with its text adapter frozen: label prototypes computed once, not at every training step."""
+    """The joint model while fine-tuning with its text adapter frozen: what cannot change is computed once.
+
+    The label prototypes are cached for the whole run. When the logit scale and level weights are frozen too,
+    a row's retrieval score (similarities to every label text, rolled up with its heading and chapter) is a
+    function of its joint vector alone, so it is memoised per vector; each step then only adds the per-code
+    corrections, the part being trained.
+    """
+
+    _retrieval: dict[bytes, torch.Tensor]
 
     def prototypes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._proto_cache is None:
@@ -497,6 +505,22 @@ class _FixedPrototypes(HsJointModel):
             z, gates = self.fuse(te, ie, has_text, has_image)
         return ModelOutput(self.score(z, exclude_text), z, te * has_text[:, None], ie * has_image[:, None], gates)
 
+    def score(self, z: torch.Tensor, exclude_text: torch.Tensor | None = None) -> torch.Tensor:
+        if z.requires_grad or self.logit_scale.requires_grad or self.level_weight.requires_grad:
+            return super().score(z, exclude_text)
+        ex = exclude_text.tolist() if exclude_text is not None else [-1] * len(z)
+        keys = [z[i].numpy().tobytes() + str(ex[i]).encode() for i in range(len(z))]
+        todo = [i for i, k in enumerate(keys) if k not in self._retrieval]
+        if todo:
+            idx = torch.tensor(todo)
+            with torch.no_grad():  # the full score minus the corrections: the part that cannot change
+                fixed = super().score(z[idx], None if exclude_text is None else exclude_text[idx])
+                fixed -= z[idx] @ self.correction.T + self.correction_bias
+            for j, i in enumerate(todo):
+                self._retrieval[keys[i]] = fixed[j]
+        retrieval = torch.stack([self._retrieval[k] for k in keys])
+        return retrieval + z @ self.correction.T + self.correction_bias
+
 
 def train_candidate(
     base: BaseModel,
@@ -513,6 +537,7 @@ def train_candidate(
     if "text_adapter" in cfg.freeze:
         model._proto_cache = None
         model.__class__ = _FixedPrototypes  # same parameters and buffers; only the caching differs
+        model._retrieval = {}
     if not len(val):
         val = train  # too few items for a calibration part: pick the epoch on the training items
     tcfg = TrainConfig(
@@ -534,6 +559,7 @@ def train_candidate(
     finally:
         model.__class__ = HsJointModel
         model._proto_cache = None
+        model.__dict__.pop("_retrieval", None)
         for p in frozen:
             p.requires_grad_(True)
     base_t, base_thr = float(model.temperature), float(model.review_threshold)
@@ -584,8 +610,9 @@ def finetune_and_gate(
     model, history, calib = train_candidate(base, train, val, cfg, on_epoch)
     t_train = time.perf_counter()
     cand = gate_scores(model, split["heldout"], benchmark)
+    registered = active.card.weights_sha256  # only a registered version's files are known never to change
     act = gate_scores(
-        active.model, split["heldout"], benchmark, cache_as=f"{active.version}:{active.card.weights_sha256}"
+        active.model, split["heldout"], benchmark, f"{active.version}:{registered}" if registered else None
     )
     decision = decide(cand, act, cfg.tolerance)
     t_gate = time.perf_counter()

@@ -29,9 +29,12 @@ from hs_model.finetune import (
     FinetuneConfig,
     LabelledSet,
     accuracies,
+    decide,
     finetune_and_gate,
+    gate_scores,
     load_base,
     load_benchmark,
+    part_of,
     predicted_codes,
     top1,
 )
@@ -51,7 +54,7 @@ class CurveConfig:
     weak_min_rows: int = 4  # a heading needs this many pool rows to be judged
     poison_n: int = 1000
     poison_rate: float = 0.10
-    poison_kind: str = "systematic"  # which variant ("random" or "systematic") is reported as "poisoned"
+    poison_kind: str = "random"  # which variant ("random" or "systematic") is reported as "poisoned"
     seed: int = 0
 
 
@@ -190,14 +193,14 @@ def run_learning_curve(
             "model": out.model,
         }
 
-    curve = []
+    curve, clean_models = [], {}
     for n in cfg.sizes:
         n_eff = min(n, len(pool))
         if n_eff == 0:
             row = {"n": 0, **test_accuracy(base.model, test), "seconds": 0.0}
         else:
             res = one(as_reviewed(pool.subset(range(n_eff))), str(n_eff))
-            res.pop("model")
+            clean_models[n_eff] = res.pop("model")
             row = {"n": n_eff, **res}
         log.info("learning curve: %s", row)
         curve.append(row)
@@ -216,14 +219,35 @@ def run_learning_curve(
         **res,
     }
 
+    # The poisoned decisions are the curve's first `poison_n` with some labels wrong. Gated twice: against the
+    # shipped model (the first fine-tune of a desk) and against the clean fine-tune on the same decisions
+    # (the desk already serves a good version; a re-training on the corrupted log must not replace it).
     n_poison = min(cfg.poison_n, len(pool))
     clean = pool.subset(range(n_poison))
+    if n_poison not in clean_models:
+        clean_models[n_poison] = one(as_reviewed(clean), str(n_poison))["model"]
+    clean_test = test_accuracy(clean_models[n_poison], test)["accuracy"]
     variants = {}
     for kind, fn in POISONS.items():
         bad_golds, info = fn(clean.golds, cfg.poison_rate, cfg.seed)
-        res = one(as_reviewed(clean, bad_golds), f"poisoned-{kind}")
-        res.pop("model")
-        variants[kind] = {"n": n_poison, **info, **res}
+        reviewed = as_reviewed(clean, bad_golds)
+        res = one(reviewed, f"poisoned-{kind}")
+        model = res.pop("model")
+        held = reviewed.subset([i for i, item in enumerate(reviewed.ids) if part_of(item) == "heldout"])
+        vs_clean = decide(
+            gate_scores(model, held, benchmark), gate_scores(clean_models[n_poison], held, benchmark), ft.tolerance
+        )
+        variants[kind] = {
+            "n": n_poison,
+            **info,
+            "accuracy": res["accuracy"],
+            "accuracy_hs6": res["accuracy_hs6"],
+            "seconds": res["seconds"],
+            "activated": vs_clean.activate,
+            "reason": vs_clean.reason,
+            "active": f"the clean fine-tune on the same {n_poison} decisions (test accuracy {clean_test})",
+            "against_shipped": {"activated": res["activated"], "reason": res["reason"]},
+        }
     poisoned = {**variants[cfg.poison_kind], "variants": variants}
 
     result = {
@@ -252,7 +276,7 @@ def plot_curve(result: dict[str, Any], out: Path) -> None:
 
     curve = result["learning_curve"]
     xs = list(range(len(curve)))
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(7.5, 5.4), dpi=120)
     ax.plot(xs, [100 * r["accuracy"] for r in curve], "o-", label="HS4 top-1")
     ax.plot(xs, [100 * r["accuracy_hs6"] for r in curve], "s--", label="HS6 top-1", alpha=0.7)
     for x, r in zip(xs, curve, strict=True):
@@ -261,8 +285,11 @@ def plot_curve(result: dict[str, Any], out: Path) -> None:
     for (kind, p), color, dx in zip(
         result["poisoned"]["variants"].items(), ("darkorange", "red"), (-0.12, 0.12), strict=False
     ):
-        verdict = "activated" if p["activated"] else "kept back by the gate"
-        label = f"N={p['n']}, {p['wrong_labels']} wrong labels ({kind}): {verdict}"
+        verdict = {True: "activated", False: "kept back"}
+        label = (
+            f"N={p['n']}, {p['wrong_labels']} wrong labels ({kind}): vs the clean version "
+            f"{verdict[p['activated']]}, vs shipped {verdict[p['against_shipped']['activated']]}"
+        )
         ax.scatter([xs[-1] + dx], [100 * p["accuracy"]], marker="x", color=color, zorder=3, label=label)
     weak = result["weak_headings"]
     if weak.get("accuracy_in_headings_after") is not None:
@@ -275,7 +302,7 @@ def plot_curve(result: dict[str, Any], out: Path) -> None:
     ax.set_ylabel(f"accuracy on the fixed test set (%, {result['test_rows']} rows)")
     ax.set_title(f"Fine-tuning from {result['base_model']}: learning curve", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, 0.9))
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

@@ -23,7 +23,9 @@ class ClipLoss(nn.Module):
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
 
-def hierarchical_nll(level_log_probs, logits: torch.Tensor, targets: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+def hierarchical_nll(
+    level_log_probs, logits: torch.Tensor, targets: torch.Tensor, levels: torch.Tensor
+) -> torch.Tensor:
     """Mean NLL where each row is labelled at its own level (6-digit codes, or weak 4/2-digit labels).
 
     Args:

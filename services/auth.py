@@ -6,6 +6,8 @@ import functools
 import logging
 import math
 import re
+import threading
+import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -26,6 +28,11 @@ MAX_PASSWORD_LENGTH = 1024
 MAX_FAILURES = 5  # failed sign-ins per username within FAILURE_WINDOW before sign-in is refused
 FAILURE_WINDOW = timedelta(minutes=15)
 _USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.@-]{2,63}$")
+MAX_USERNAME_LENGTH = 64  # users.username and audit_events.username are String(64)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Sign-ins for one username run one at a time (striped by name), so parallel guesses cannot all be checked
+# before the first failure is recorded. One process only: several app processes each have their own locks.
+_SIGN_IN_LOCKS = tuple(threading.Lock() for _ in range(64))
 _ROLE_PLURALS = {"broker": "brokers", "reviewer": "reviewers", "admin": "admins"}
 _hasher = PasswordHasher()  # immutable parameters; safe to share
 
@@ -202,13 +209,23 @@ def authenticate(session: Session, username: str, password: str) -> Actor:
 
     After ``MAX_FAILURES`` failures within ``FAILURE_WINDOW`` the account is refused until the window
     passes, even with the right password. Failures are audited (``sign_in_failed``, or
-    ``sign_in_throttled``) in their own transaction; the password is never stored or logged. Call it in
-    a transaction of its own (``run_transaction``), before writing anything else.
+    ``sign_in_throttled``) in their own transaction; the password is never stored or logged. Attempts on
+    one username run one at a time in this process, so parallel guesses cannot all be checked before the
+    first failure is counted. Call it in a transaction of its own (``run_transaction``), before writing
+    anything else.
 
     Raises:
         PermissionDenied: Wrong username or password, inactive account, or too many failures.
     """
-    name = normalise_username(username or "")
+    typed = normalise_username(username or "")
+    # No user has control characters or more than 64 characters in their name; keep such input out of the
+    # queries and the audit trail as typed (PostgreSQL refuses NUL and over-long values: a DataError).
+    name = _CONTROL.sub("", typed)[:MAX_USERNAME_LENGTH]
+    with _SIGN_IN_LOCKS[zlib.crc32(name.encode()) % len(_SIGN_IN_LOCKS)]:
+        return _authenticate(session, name, password, impossible=name != typed)
+
+
+def _authenticate(session: Session, name: str, password: str, *, impossible: bool) -> Actor:
     now = utcnow()
     failures = _failure_times(session, name, now)
     if len(failures) >= MAX_FAILURES:
@@ -218,7 +235,7 @@ def authenticate(session: Session, username: str, password: str) -> Actor:
         log.warning("sign-in refused for %r: too many failures", name)
         raise PermissionDenied(f"Too many failed sign-ins for this account. Try again in {minutes} minute(s).")
 
-    user = find_user(session, name) if name else None
+    user = find_user(session, name) if name and not impossible else None
     if user is None:
         verify_password(_dummy_hash(), password or "")
         reason = "unknown_user"

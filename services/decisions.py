@@ -29,6 +29,7 @@ CodeValidator = Callable[[str], bool]
 SUBMITTERS = ("broker", "admin")
 REVIEWERS = ("reviewer", "admin")
 _SEPARATORS = re.compile(r"[\s.\-]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # as hs_model.predict.clean_text: tabs, newlines stay
 MAX_COMMENT_LENGTH = 4000
 
 
@@ -50,7 +51,7 @@ def normalise_code(code: str, valid_code: CodeValidator | None = None) -> str:
     """
     raw = (code or "").strip()
     digits = _SEPARATORS.sub("", raw)
-    if len(digits) != 6 or not digits.isdigit():
+    if len(digits) != 6 or not (digits.isascii() and digits.isdigit()):  # "６１０９１０".isdigit() is True
         raise InvalidInput(f"{raw!r} is not a 6-digit HS subheading (write it like 6109.10).")
     if valid_code is not None and not valid_code(digits):
         raise InvalidInput(f"{format_code(digits)} is not a subheading of the nomenclature in use.")
@@ -58,7 +59,8 @@ def normalise_code(code: str, valid_code: CodeValidator | None = None) -> str:
 
 
 def _comment(text: str | None, *, required: str | None = None) -> str:
-    text = (text or "").strip()
+    # Control characters are noise from pasted binary; PostgreSQL refuses NUL outright (DataError).
+    text = _CONTROL.sub(" ", text or "").strip()
     if required and not text:
         raise InvalidInput(required)
     if len(text) > MAX_COMMENT_LENGTH:

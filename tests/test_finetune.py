@@ -520,17 +520,24 @@ def test_real_towers_finetune_and_serve_the_new_version(factory, tmp_path, monke
 
 
 def test_the_fast_text_only_path_gives_the_same_gradients():
-    """With the adapter frozen, text-only batches skip the backward pass through the label similarities."""
+    """Adapter, scale and level weights frozen: text-only batches skip the backward pass through the label
+    similarities and reuse each row's memoised retrieval score; logits and gradients stay the same."""
     from hs_model.losses import hierarchical_nll
 
     plain = TinyClassifier().model.train()
-    plain.text_adapter.requires_grad_(False)
+    for p in (plain.text_adapter.weight, plain.text_adapter.bias, plain.logit_scale, plain.level_weight):
+        p.requires_grad_(False)
+    with torch.no_grad():
+        plain.correction.normal_(0, 0.1)  # non-zero corrections: the memoised part must exclude them
     fast = copy.deepcopy(plain)
     fast.__class__ = finetune._FixedPrototypes
+    fast._retrieval = {}
     feats = TinyClassifier().encode([finetune.Query(f"item code {c}") for c in CODES])
     target = torch.arange(len(CODES))
-    for m in (plain, fast):
+    outs = []
+    for m in (plain, fast, fast):  # the second pass through `fast` reads the memoised retrieval scores
         out = m(*feats.as_inputs(torch.device("cpu")))
+        outs.append(out.logits.detach())
         loss = hierarchical_nll(
             lambda z, lv, m=m: m.level_log_probs(z, lv, temperature=False),
             out.logits,
@@ -538,7 +545,9 @@ def test_the_fast_text_only_path_gives_the_same_gradients():
             torch.full_like(target, 6),
         )
         loss.backward()
-    for name in ("correction", "correction_bias", "logit_scale", "level_weight"):
+    assert torch.allclose(outs[0], outs[1], atol=1e-5) and torch.allclose(outs[1], outs[2], atol=1e-5)
+    assert len(fast._retrieval) == len(CODES)
+    for name in ("correction", "correction_bias"):
         a, b = dict(plain.named_parameters())[name].grad, dict(fast.named_parameters())[name].grad
-        assert torch.allclose(a, b, atol=1e-6), name
+        assert torch.allclose(2 * a, b, atol=1e-5), name  # fast took two backward passes
     assert fast.image_proj.weight.grad is None and not plain.image_proj.weight.grad.abs().sum()
