@@ -491,8 +491,21 @@ def test_cli_user_errors_are_one_line(app_db, factory, model_env, capsys, args, 
 # -- the real towers ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_real_towers_finetune_and_serve_the_new_version(factory, tmp_path, monkeypatch):
-    """Zero-shot base on the real towers: a fine-tuned version is written, loads in a Classifier and predicts."""
+    """Zero-shot base on the real towers, half the items with a photo: a fine-tuned version is written (the photo
+    path trained too), loads in a Classifier and predicts."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    from db.photos import store_photo
     from hs_model.predict import Classifier
+
+    def photo(seed: int) -> bytes:
+        image = Image.new("RGB", (96, 96), (40 * seed % 255, 90, 160))
+        ImageDraw.Draw(image).ellipse((10 + seed, 20, 80, 70 + seed), fill=(200, 60 + 30 * seed % 195, 40))
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG")
+        return buffer.getvalue()
 
     monkeypatch.setenv("HS_MODEL_REGISTRY", str(tmp_path / "registry"))
     monkeypatch.setenv("HS_MODEL_DIR", str(tmp_path / "no-model"))
@@ -506,13 +519,19 @@ def test_real_towers_finetune_and_serve_the_new_version(factory, tmp_path, monke
         broker = Actor.from_user(add_user(session, username="bea", role="broker", password_hash="!"))
         reviewer = Actor.from_user(add_user(session, username="rey", role="reviewer", password_hash="!"))
         for lot in range(5):
-            for text, code in products:
-                item = create_line_item(session, description=f"{text}, lot {lot}", created_by=broker.user_id)
+            for n, (text, code) in enumerate(products):
+                photos = [store_photo(photo(n))] if lot % 2 else []
+                item = create_line_item(
+                    session, description=f"{text}, lot {lot}", created_by=broker.user_id, photos=photos
+                )
                 decisions.submit(session, broker, item.id, code)
                 decisions.approve(session, reviewer, item.id)
     clf = Classifier(None)
-    result = finetune.run(factory, clf, started_by="test", benchmark=None)
+    result = finetune.run(factory, clf, started_by="test", benchmark=None, cfg=FinetuneConfig(min_decisions=5))
+    assert result.decisions == 20 and result.skipped == 0
     folder = tmp_path / "registry" / result.version_id
+    _, tensors = load_checkpoint(folder)
+    assert tensors["head.image_proj.weight"].abs().sum() > 0  # the photo rows reached the photo projection
     served = clf.with_model(folder)
     assert served.version == result.version_id and served.card.parent == "zero-shot-v1"
     pred = served.predict("men's knitted cotton T-shirt")
