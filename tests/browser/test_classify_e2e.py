@@ -173,7 +173,8 @@ def test_broker_classifies_and_submits(app_db, page, tmp_path):
     if os.environ.get("HS_SCREENSHOTS") == "1":
         screenshot_full_app(page, SCREENSHOT)
 
-    choice = page.locator("[data-testid='stRadio'] label").nth(1)  # the second candidate, not the default
+    decision_radio = page.locator("[data-testid='stRadio']").last  # after the explanation panel's method radio
+    choice = decision_radio.locator("label").nth(1)  # the second candidate, not the default
     chosen = re.match(r"\d{4}\.\d{2}", choice.inner_text()).group(0).replace(".", "")
     choice.click()
     justification = page.get_by_label("Justification (optional)")
