@@ -27,11 +27,12 @@ PAGES = {
     "decision_log": st.Page(
         "pages/decision_log.py", title="Decision log", icon=":material/table_view:", url_path="decision-log"
     ),
+    "models": st.Page("pages/models.py", title="Model versions", icon=":material/model_training:", url_path="models"),
 }
 ROLE_PAGES = {
     "broker": ("classify", "batch", "my_items"),
     "reviewer": ("review",),
-    "admin": ("classify", "batch", "my_items", "review", "decision_log"),
+    "admin": ("classify", "batch", "my_items", "review", "decision_log", "models"),
 }
 FIRST_ADMIN_COMMAND = "python -m db users create --username admin --role admin"
 
