@@ -173,9 +173,11 @@ def test_broker_classifies_and_submits(app_db, page, tmp_path):
     if os.environ.get("HS_SCREENSHOTS") == "1":
         screenshot_full_app(page, SCREENSHOT)
 
-    decision_radio = page.locator("[data-testid='stRadio']").last  # after the explanation panel's method radio
-    choice = decision_radio.locator("label").nth(1)  # the second candidate, not the default
-    chosen = re.match(r"\d{4}\.\d{2}", choice.inner_text()).group(0).replace(".", "")
+    decision_radio = page.locator("[data-testid='stRadio']").filter(has_text="Code to submit")
+    options = decision_radio.locator("label").filter(has_text=re.compile(r"\d{4}\.\d{2} — "))
+    expect(options).not_to_have_count(0)
+    choice = options.nth(1)  # the second candidate, not the default
+    chosen = re.search(r"\d{4}\.\d{2}", choice.inner_text()).group(0).replace(".", "")
     choice.click()
     justification = page.get_by_label("Justification (optional)")
     justification.fill("Knitted cotton, crew neck, short sleeves.")
