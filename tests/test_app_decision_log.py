@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from db.models import AuditEvent, utcnow
 from db.queries import find_user
-from pages import common
+from screens import common
 from services import decisions
 from services.auth import Actor
 from tests.test_app_classify import PASSWORD, FakeClassifier
@@ -44,7 +44,7 @@ def admin_on_log(app_db) -> AppTest:
     at.text_input(key="auth_username").input("ada")
     at.text_input(key="auth_password").input(PASSWORD)
     at.button[0].click().run()
-    at.switch_page("pages/decision_log.py").run()
+    at.switch_page("screens/decision_log.py").run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.title[0].value == "Decision log"
     return at

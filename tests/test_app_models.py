@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pages import common
+from screens import common
 from services import models
 from services.auth import Actor
 from services.errors import InvalidInput, PermissionDenied
 from services.models import ActivationResult, VersionView
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "models.py")
+PAGE = str(Path(__file__).resolve().parents[1] / "screens" / "models.py")
 ADMIN = Actor(1, "ada", "admin")
 
 

@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 
 from db.models import Decision
 from db.queries import find_user
-from pages import common
+from screens import common
 from services.auth import Actor
 from services.classify import UploadedPhoto, classify_and_record, submit_decision
 from tests.test_app_classify import PASSWORD, FakeClassifier
@@ -196,7 +196,7 @@ def test_reject_sends_it_back_and_the_broker_resubmits(app_db):
     broker.text_input(key="auth_username").input("bea")
     broker.text_input(key="auth_password").input(PASSWORD)
     broker.button[0].click().run()
-    broker.switch_page("pages/my_items.py").run()
+    broker.switch_page("screens/my_items.py").run()
     assert broker.title[0].value == "My items"
     assert list(broker.dataframe[0].value["Status"]) == ["rejected: resubmit"]
     assert "Rejected: Photo missing; cannot tell the material." in texts(broker)
@@ -288,7 +288,7 @@ def test_an_admin_cannot_review_their_own_submission(app_db):
     at.text_input(key="auth_username").input("ada")
     at.text_input(key="auth_password").input(PASSWORD)
     at.button[0].click().run()
-    at.switch_page("pages/review.py").run()
+    at.switch_page("screens/review.py").run()
     assert "Bulk approve (0)" in tab_labels(at)  # own submissions are not offered in bulk
     at.button(key="review_approve").click().run()
     assert "another reviewer has to" in plain(at.error[0])

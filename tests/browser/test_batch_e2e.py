@@ -1,6 +1,6 @@
 """End to end in a real Chromium: a broker uploads a small CSV and a zip of photos, runs the batch, downloads results.
 
-Runs ``streamlit run app.py`` with the real zero-shot model (see test_classify_e2e.py for the first-start cost).
+Runs ``streamlit run app.py`` with the shipped model (see tests/browser/conftest.py).
 """
 
 from __future__ import annotations
@@ -14,14 +14,8 @@ import pytest
 from sqlalchemy import select
 
 from db.models import AuditEvent, LineItem, Photo, Shipment
-from tests.browser.test_classify_e2e import (  # noqa: F401 - pytest fixtures
-    MODEL_TIMEOUT_MS,
-    PASSWORD,
-    needs_chromium,
-    page,
-    product_photo,
-    server,
-)
+from tests.browser.helpers import MODEL_TIMEOUT_MS, PASSWORD, product_photo
+from tests.ui import needs_chromium
 
 pytestmark = pytest.mark.browser
 
@@ -45,7 +39,7 @@ def upload_files(ui, tmp_path: Path) -> None:
 
 
 @needs_chromium
-def test_broker_runs_a_batch_and_downloads_the_results(app_db, page, tmp_path):  # noqa: F811 - the fixture
+def test_broker_runs_a_batch_and_downloads_the_results(app_db, page, tmp_path):
     from playwright.sync_api import expect
 
     app_db.add_user("bea", "broker", PASSWORD)

@@ -1,16 +1,12 @@
 """End to end in a real Chromium: an admin fine-tunes on seeded reviewed decisions, watches the epochs, activates the
 new version and rolls back.
 
-Serves ``app.py`` when it lists ``pages/models.py``; until then a small sign-in harness written under tmp_path serves
-the same page (real sign-in, real services, real zero-shot towers). The fixed benchmark is switched off
+Serves ``app.py`` with the real zero-shot towers, a model registry under tmp_path. The fixed benchmark is switched off
 (``HS_DATA_DIR`` points nowhere) so the gate decides on the held-out decisions alone, as it does without the data.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,16 +17,8 @@ from hs_model import registry
 from hs_model.finetune import FinetuneConfig
 from services import decisions
 from services.auth import Actor
-from tests.browser.test_classify_e2e import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
-    MODEL_TIMEOUT_MS,
-    PASSWORD,
-    REPO_ROOT,
-    free_port,
-    needs_chromium,
-    wait_healthy,
-)
+from tests.browser.helpers import MODEL_TIMEOUT_MS, PASSWORD
+from tests.ui import chromium, needs_chromium, streamlit_app
 
 pytestmark = pytest.mark.browser
 
@@ -47,40 +35,6 @@ PRODUCTS = [  # (description, HS6) as a reviewer would have approved them
     ("lithium-ion battery pack for laptops", "850760"),
     ("wooden chair for dining room", "940161"),
 ]
-HARNESS = """
-import sys
-sys.path.insert(0, {repo!r})
-import streamlit as st
-from pages import common
-from services.auth import authenticate
-from services.errors import ServiceError
-
-
-def sign_in():
-    st.title("HS desk")
-    with st.form("auth_sign_in"):
-        username = st.text_input("Username", key="auth_username")
-        password = st.text_input("Password", key="auth_password", type="password")
-        submitted = st.form_submit_button("Sign in", type="primary")
-    if submitted:
-        try:
-            actor = common.in_transaction(lambda session: authenticate(session, username, password))
-        except ServiceError as exc:
-            st.error(str(exc))
-            return
-        st.session_state[common.ACTOR_KEY] = actor
-        st.rerun()
-
-
-if common.current_actor() is None:
-    st.navigation([st.Page(sign_in, title="Sign in", url_path="sign-in")], position="hidden").run()
-else:
-    st.navigation([st.Page({page!r}, title="Model versions", url_path="models")]).run()
-"""
-
-
-def app_lists_models_page() -> bool:
-    return "pages/models.py" in (REPO_ROOT / "app.py").read_text()
 
 
 def seed(app_db) -> None:
@@ -101,49 +55,23 @@ def seed(app_db) -> None:
 
 @pytest.fixture
 def server(app_db, tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "HS_MODEL_DIR"}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HS_DB_URL=app_db.url, HS_PHOTO_DIR=str(app_db.photo_dir))
-    env.update(
+    with streamlit_app(
+        tmp_path,
+        HS_DB_URL=app_db.url,
+        HS_PHOTO_DIR=str(app_db.photo_dir),
         HS_MODEL_DIR=str(tmp_path / "no-model"),  # zero-shot first version, whatever assets/ holds
         HS_MODEL_REGISTRY=str(tmp_path / "registry"),
         HS_DATA_DIR=str(tmp_path / "no-data"),
-    )
-    if app_lists_models_page():
-        script = "app.py"
-    else:
-        harness = tmp_path / "harness_app.py"
-        harness.write_text(HARNESS.format(repo=str(REPO_ROOT), page=str(REPO_ROOT / "pages" / "models.py")))
-        script = str(harness)
-    log = tmp_path / "streamlit.log"
-    command = [sys.executable, "-m", "streamlit", "run", script, "--server.headless", "true"]
-    command += ["--server.port", str(port), "--server.address", "127.0.0.1"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_healthy(url, proc, log)
+    ) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture
 def page(server) -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.goto(server, timeout=60_000)
-            yield page
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.goto(server, timeout=60_000)
+        yield page
 
 
 # Collects every text the progress bar shows, however briefly (epochs can take well under a second).
@@ -170,8 +98,7 @@ def test_admin_finetunes_activates_and_rolls_back(app_db, page):
     page.get_by_label("Username").fill("ada")
     page.get_by_role("textbox", name="Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
-    if app_lists_models_page():
-        page.get_by_role("link", name="Model versions").click(timeout=MODEL_TIMEOUT_MS)
+    page.get_by_role("link", name="Model versions").click(timeout=MODEL_TIMEOUT_MS)
     expect(page.get_by_role("heading", name="Model versions")).to_be_visible(timeout=MODEL_TIMEOUT_MS)
     metrics = page.locator("[data-testid='stMetricValue']")
     expect(metrics.nth(0)).to_have_text("zero-shot-v1", timeout=60_000)

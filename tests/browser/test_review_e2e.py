@@ -1,6 +1,6 @@
 """End to end in a real Chromium: a broker submits, a reviewer corrects with the code picker, an admin downloads the log.
 
-Uses the app-start fixtures of ``test_classify_e2e`` (``streamlit run app.py`` on a free port, the real zero-shot
+Uses the fixtures of ``tests/browser/conftest.py`` (``streamlit run app.py`` on a free port, the shipped
 model, a SQLite file under ``tmp_path``). Set ``HS_SCREENSHOTS=1`` to refresh ``docs/screenshots/review.png`` and
 ``docs/screenshots/decision_log.png``.
 """
@@ -17,21 +17,19 @@ import pytest
 from sqlalchemy import select
 
 from db.models import AuditEvent, Decision
-from tests.browser.test_classify_e2e import (  # noqa: F401 - server and page are pytest fixtures
+from tests.browser.helpers import (
     MODEL_TIMEOUT_MS,
     PASSWORD,
-    needs_chromium,
-    page,
+    SCREENSHOTS,
+    SHIPPED_VERSION,
     product_photo,
-    screenshot_full_app,
-    server,
     sign_in_and_describe,
     upload,
 )
+from tests.ui import needs_chromium, screenshot_full_app
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 JUSTIFICATION = "Collar and buttons on the photo: a shirt."
 FIRST_LOAD_TIMEOUT_MS = 600_000
 REASON = "Crew neck, no collar or buttons: a T-shirt of knitted cotton."
@@ -62,7 +60,7 @@ def broker_submits_a_shirt(ui, tmp_path: Path) -> None:
     ui.get_by_label("Username").fill("bea")
     ui.get_by_role("textbox", name="Password").fill(PASSWORD)
     ui.get_by_role("button", name="Sign in").click()
-    expect(ui.get_by_text("zero-shot-v1")).to_be_visible(timeout=FIRST_LOAD_TIMEOUT_MS)
+    expect(ui.get_by_text(SHIPPED_VERSION, exact=True)).to_be_visible(timeout=FIRST_LOAD_TIMEOUT_MS)
     sign_out(ui)
     sign_in_and_describe(ui, "men's knitted cotton T-shirt")
     upload(ui, product_photo(tmp_path))
@@ -133,7 +131,7 @@ def admin_downloads_the_csv(ui, tmp_path: Path) -> str:
 
 
 @needs_chromium
-def test_broker_submits_reviewer_corrects_admin_exports(app_db, page, tmp_path):  # noqa: F811 - fixture
+def test_broker_submits_reviewer_corrects_admin_exports(app_db, page, tmp_path):
     app_db.add_user("bea", "broker", PASSWORD)
     app_db.add_user("rita", "reviewer", PASSWORD)
     app_db.add_user("ada", "admin", PASSWORD)
@@ -149,7 +147,7 @@ def test_broker_submits_reviewer_corrects_admin_exports(app_db, page, tmp_path):
         ("submitted", "610510", "bea", "broker", JUSTIFICATION),
         ("corrected", "610910", "rita", "reviewer", REASON),
     ]
-    assert {r["line_item_id"] for r in rows} == {"1"} and {r["model_version"] for r in rows} == {"zero-shot-v1"}
+    assert {r["line_item_id"] for r in rows} == {"1"} and {r["model_version"] for r in rows} == {SHIPPED_VERSION}
     with app_db.factory() as session:
         kinds = session.scalars(select(Decision.kind).order_by(Decision.id)).all()
         exports = session.scalars(select(AuditEvent).where(AuditEvent.action == "export")).all()

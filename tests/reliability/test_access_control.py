@@ -25,7 +25,7 @@ from streamlit.testing.v1 import AppTest
 from db.engine import make_engine, make_session_factory, run_transaction, upgrade
 from db.models import AuditEvent, User
 from db.photos import PhotoPathError, resolve_photo, store_photo
-from pages import common
+from screens import common
 from services import auth, decisions
 from services.auth import SESSION_TTL, Actor, authenticate, create_user, set_user_active
 from services.classify import classify_and_record

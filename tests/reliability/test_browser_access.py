@@ -6,12 +6,6 @@ Runs ``streamlit run app.py`` once for the module, against its own SQLite file, 
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,36 +17,18 @@ from db.queries import find_user
 from services.auth import Actor, provision_user
 from services.decisions import submit
 from tests.reliability.conftest import new_item
+from tests.ui import chromium as launch_chromium
+from tests.ui import needs_chromium, streamlit_app
 
 pytestmark = pytest.mark.browser
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PASSWORD = "correct horse battery staple"
-START_TIMEOUT_S = 90
 MODEL_TIMEOUT_MS = 300_000  # the first sign-in of the server process loads the model
 QUEUED = "QUEUED-ITEM-visible-to-reviewers-only"
 LANDING = {"bea": "Classify a product", "rita": "Review submitted codes", "ada": "Classify a product"}
 SCRIPT = "<script>window.__xss = 1; alert('xss')</script>"
 IMG = '<img src=x onerror="window.__xss = 2">'
 LINK = "[click me](javascript:window.__xss=3)"
-
-needs_chromium = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian Chromium not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def seeded_database(root: Path) -> str:
@@ -76,43 +52,13 @@ def seeded_database(root: Path) -> str:
 @contextmanager
 def streamlit_server(root: Path) -> Iterator[str]:
     """``streamlit run app.py`` on a free port against a seeded database; yields its base URL."""
-    url = seeded_database(root)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HS_")}
-    env.update(
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        HS_DB_URL=url,
+    with streamlit_app(
+        root,
+        HS_DB_URL=seeded_database(root),
         HS_PHOTO_DIR=str(root / "photos"),
         HS_MODEL_DIR=str(root / "no-model"),  # no card there: the zero-shot model
-    )
-    log = root / "streamlit.log"
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true"]
-    command += ["--server.port", str(port), "--server.address", "127.0.0.1"]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as response:
-                    if response.read().strip() == b"ok":
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    ) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -124,14 +70,8 @@ def server(tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def chromium():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with launch_chromium() as browser:
+        yield browser
 
 
 @pytest.fixture(scope="module")
@@ -246,13 +186,6 @@ def test_the_reviewer_sees_stored_markup_as_text_and_nothing_runs(server, page):
 
 
 @needs_chromium
-@pytest.mark.xfail(
-    strict=True,
-    reason="pages/ is Streamlit's auto-discovered pages directory: until app.py has called st.navigation once, a "
-    "fresh server runs pages/review.py etc. directly for a deep link (no sign-in screen, no session expiry, no "
-    "role-based menu; every pages/*.py, common.py too, listed as a page). Services still refuse: the page shows "
-    "'Please sign in to see the review queue.'",
-)
 def test_a_deep_link_as_the_first_request_to_a_fresh_server_shows_the_sign_in_screen(chromium, tmp_path):
     with streamlit_server(tmp_path) as base:
         page = chromium.new_page()

@@ -1,7 +1,7 @@
 """Injected markup shows as text on the rendered screens (Streamlit AppTest on app.py, the classifier faked).
 
 Streamlit never renders raw HTML unless ``unsafe_allow_html``; the pages also escape Markdown
-(``pages.common.md``) so a description cannot turn into a link, an image or a coloured directive.
+(``screens.common.md``) so a description cannot turn into a link, an image or a coloured directive.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from streamlit.testing.v1 import AppTest
 
 from db.queries import find_user
-from pages import common
+from screens import common
 from services.auth import Actor
 from services.classify import classify_and_record, submit_decision
 from tests.reliability.conftest import FakeClassifier
@@ -117,13 +117,13 @@ def test_md_escapes_every_markdown_trigger(text):
 # ------------------------------------------------------------------------------------------- raw HTML sinks
 
 # Every place a page hands Streamlit raw HTML, with what makes it safe. A new one fails this test until reviewed.
-RAW_HTML_SINKS = {("pages/classify.py", "st.html(view.words_html)"): "hs_model.render.words_html escapes every word"}
+RAW_HTML_SINKS = {("screens/classify.py", "st.html(view.words_html)"): "hs_model.render.words_html escapes every word"}
 
 
 def test_raw_html_reaches_streamlit_only_through_reviewed_sinks():
     root = Path(APP).parent
     found = set()
-    for path in [root / "app.py", *sorted((root / "pages").glob("*.py"))]:
+    for path in [root / "app.py", *sorted((root / "screens").glob("*.py"))]:
         for line in path.read_text(encoding="utf-8").splitlines():
             if "unsafe_allow_html" in line or "st.html(" in line or "components.html(" in line:
                 found.add((path.relative_to(root).as_posix(), line.strip().split("#")[0].strip()))

@@ -8,8 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from db.models import utcnow
-from pages import common
-from pages.common import ago, md
+from screens import common
+from screens.common import ago, md
 from services.classify import describe_code, format_code, is_subheading, search_subheadings
 from services.decisions import (
     MAX_COMMENT_LENGTH,
@@ -383,16 +383,9 @@ def bulk(agreements) -> None:
 
 
 st.title("Review submitted codes")
-notice = st.session_state.pop(NOTICE, None)
-if notice:
-    st.success(md(notice), icon=":material/check_circle:")
-
+common.show_notice(NOTICE)
 actor = common.current_actor()
-try:
-    everything = common.in_transaction(lambda session: review_queue(session, actor))
-except ServiceError as exc:
-    st.error(md(str(exc)))
-    st.stop()
+everything = common.load_or_stop(lambda session: review_queue(session, actor))
 if not everything:
     show_error(None)
     st.info("Nothing is waiting for review.")

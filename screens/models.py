@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages import common
-from pages.common import md
+from screens import common
+from screens.common import md
 from services.errors import ServiceError
 from services.models import activate, list_versions, new_reviewed_since_active, rollback, run_finetune
 
@@ -132,18 +132,12 @@ def act(fn) -> None:
 
 
 st.title("Model versions")
-notice = st.session_state.pop(NOTICE, None)
-if notice:
-    st.success(md(notice), icon=":material/check_circle:")
+common.show_notice(NOTICE)
 
 actor = common.current_actor()
-try:
-    versions, new_count = common.in_transaction(
-        lambda session: (list_versions(session, actor), new_reviewed_since_active(session))
-    )
-except ServiceError as exc:
-    st.error(md(str(exc)), icon=":material/error:")
-    st.stop()
+versions, new_count = common.load_or_stop(
+    lambda session: (list_versions(session, actor), new_reviewed_since_active(session))
+)
 
 active = next((v for v in versions if v.active), None)
 left, middle, right = st.columns(3)

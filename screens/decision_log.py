@@ -6,10 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from db.models import DECISION_KINDS
-from pages import common
-from pages.common import md
+from screens import common
+from screens.common import md
 from services.classify import format_code
-from services.errors import ServiceError
 from services.export import CONTENT_TYPES, FORMATS, DecisionFilter, export_decisions, export_filename
 from services.review import list_decisions, log_choices
 
@@ -113,11 +112,7 @@ st.caption(
     "Newest first; times are UTC."
 )
 actor = common.current_actor()
-try:
-    choices = common.in_transaction(lambda session: log_choices(session, actor))
-except ServiceError as exc:
-    st.error(md(str(exc)), icon=":material/error:")
-    st.stop()
+choices = common.load_or_stop(lambda session: log_choices(session, actor))
 try:
     filters = filter_form(choices)
 except ValueError as exc:

@@ -72,6 +72,24 @@ def in_transaction(fn: Callable[[Any], T]) -> T:
     return run_transaction(session_factory(), fn)
 
 
+def load_or_stop(fn: Callable[[Any], T]) -> T:
+    """What a screen needs before it can draw anything: ``fn(session)``, or the service's refusal shown and the
+    script stopped (nothing else of the screen is drawn)."""
+    try:
+        return in_transaction(fn)
+    except ServiceError as exc:
+        st.error(md(str(exc)), icon=":material/error:")
+        st.stop()
+        raise  # st.stop() raises; this line is for type checkers
+
+
+def show_notice(key: str) -> None:
+    """The confirmation a callback left in ``st.session_state[key]`` for the next run, shown once."""
+    notice = st.session_state.pop(key, None)
+    if notice:
+        st.success(md(notice), icon=":material/check_circle:")
+
+
 def deferred(fn: Callable[[Any], T]) -> Callable[[], T]:
     """``fn(session)`` as a no-argument callable run later in its own transaction, on any thread.
 

@@ -8,8 +8,8 @@ import re
 import pandas as pd
 import streamlit as st
 
-from pages import common
-from pages.common import md
+from screens import common
+from screens.common import md
 from services.batch import (
     MAX_ROWS,
     check_batch,
@@ -192,7 +192,7 @@ def open_in_classify(item_id: int, record: dict, shipment: str, threshold: float
     st.session_state["classify_text"] = record["description"] or ""
     st.session_state["classify_shipment"] = shipment
     st.session_state["classify_line"] = record["line_ref"] or ""
-    st.switch_page("pages/classify.py")
+    st.switch_page("screens/classify.py")
 
 
 def show_result(result) -> None:

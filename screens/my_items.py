@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from pages import common
-from pages.common import ago, md
+from screens import common
+from screens.common import ago, md
 from services.classify import describe_code, format_code, search_subheadings, submit_decision
 from services.decisions import MAX_COMMENT_LENGTH
 from services.errors import ServiceError
@@ -141,15 +141,9 @@ def item_panel(item_id: int) -> None:
 
 
 st.title("My items")
-notice = st.session_state.pop(NOTICE, None)
-if notice:
-    st.success(md(notice), icon=":material/check_circle:")
+common.show_notice(NOTICE)
 actor = common.current_actor()
-try:
-    items = common.in_transaction(lambda session: my_items(session, actor))
-except ServiceError as exc:
-    st.error(md(str(exc)))
-    st.stop()
+items = common.load_or_stop(lambda session: my_items(session, actor))
 if not items:
     st.info("You have not classified anything yet: start on the Classify screen.", icon=":material/info:")
     st.stop()

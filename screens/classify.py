@@ -6,8 +6,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from pages import common
-from pages.common import md
+from screens import common
+from screens.common import md
 from services.classify import (
     MAX_DESCRIPTION_CHARS,
     MAX_PHOTOS,

@@ -1,4 +1,4 @@
-"""Pages only render: app.py and pages/ must not import the ML stack or SQLAlchemy (they call services)."""
+"""Pages only render: app.py and screens/ must not import the ML stack or SQLAlchemy (they call services)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 FORBIDDEN = {"torch", "torchvision", "transformers", "timm", "captum", "sqlalchemy"}
-UI_FILES = sorted([REPO_ROOT / "app.py", *(REPO_ROOT / "pages").glob("*.py")])
+UI_FILES = sorted([REPO_ROOT / "app.py", *(REPO_ROOT / "screens").glob("*.py")])
 
 
 def imported_roots(path: Path) -> set[str]:
@@ -31,7 +31,7 @@ def imported_roots(path: Path) -> set[str]:
 
 
 def test_there_are_pages_to_check():
-    assert (REPO_ROOT / "pages" / "classify.py") in UI_FILES
+    assert (REPO_ROOT / "screens" / "classify.py") in UI_FILES
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
