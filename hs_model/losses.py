@@ -41,3 +41,25 @@ def hierarchical_nll(
             logp = level_log_probs(logits[rows], level)
             total = total - logp.gather(1, targets[rows, None]).sum()
     return total / max(len(targets), 1)
+
+
+def within_heading_kl(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, headings: torch.Tensor, sub_to_head: torch.Tensor
+) -> torch.Tensor:
+    """Mean KL(teacher || student) of the split of each row's gold heading into its subheadings.
+
+    A row labelled only with its heading says nothing about which subheading it is; this keeps the model's order
+    inside that heading where it started (the teacher: the model before this training run, e.g. zero-shot
+    retrieval, which reads "of cotton" in a description), so weak heading labels cannot drag every item of a
+    heading onto one subheading.
+
+    Args:
+        logits, teacher_logits: [B, S] subheading scores of the student and of the frozen teacher.
+        headings: [B] index of each row's gold heading.
+        sub_to_head: [S] heading index of each subheading.
+    """
+    inside = sub_to_head[None, :] == headings[:, None]  # [B, S]
+    student = torch.log_softmax(logits.masked_fill(~inside, float("-inf")), dim=-1)
+    teacher = torch.log_softmax(teacher_logits.masked_fill(~inside, float("-inf")), dim=-1)
+    kl = torch.where(inside, teacher.exp() * (teacher - student), torch.zeros_like(student))
+    return kl.sum(-1).mean()

@@ -102,6 +102,11 @@ class HsJointModel(nn.Module):
         self.level_weight = nn.Parameter(torch.tensor([cfg.init_heading_weight, cfg.init_chapter_weight]))
         self.correction = nn.Parameter(torch.zeros(n, d))  # per-code learned offsets (non-zero only where data)
         self.correction_bias = nn.Parameter(torch.zeros(n))
+        # Per-heading offsets, shared by every subheading of the heading: what labels known only to 4 digits
+        # (weak heading labels) may learn without choosing a subheading for the broker. Zero = absent.
+        n_head = len(space.headings)
+        self.heading_correction = nn.Parameter(torch.zeros(n_head, d))
+        self.heading_correction_bias = nn.Parameter(torch.zeros(n_head))
         self.register_buffer("temperature", torch.tensor(1.0))  # set by calibration, not by gradient
         self.register_buffer("review_threshold", torch.tensor(0.5))
         for lin in (self.text_adapter, self.image_proj, self.gate):
@@ -186,7 +191,16 @@ class HsJointModel(nn.Module):
         per_code = sims[:, idx.clamp(min=0)].masked_fill(idx < 0, float("-inf")).amax(-1)  # [B, S]
         s = per_code + self.level_weight[0] * (z @ heads.T)[:, self.sub_to_head]
         s = s + self.level_weight[1] * (z @ chaps.T)[:, self.sub_to_chap]
-        return self.logit_scale.exp() * s + z @ self.correction.T + self.correction_bias
+        return self.logit_scale.exp() * s + self.corrections(z)
+
+    def corrections(self, z: torch.Tensor) -> torch.Tensor:
+        """The learned per-code and per-heading offsets of the subheading logits. [B, D] -> [B, S].
+
+        A heading's offset lifts all its subheadings alike, so it moves the heading's probability and never the
+        order of the subheadings inside it.
+        """
+        per_heading = z @ self.heading_correction.T + self.heading_correction_bias
+        return z @ self.correction.T + self.correction_bias + per_heading[:, self.sub_to_head]
 
     def forward(
         self,

@@ -344,7 +344,8 @@ def load_trained_parts(model: HsJointModel, tensors: dict[str, torch.Tensor]) ->
         return
     state = {k.removeprefix(TRAINED_PREFIX): v for k, v in tensors.items() if k.startswith(TRAINED_PREFIX)}
     missing = model.load_state_dict(state, strict=False)
-    if missing.unexpected_keys or [k for k in missing.missing_keys if not k.startswith("correction")]:
+    optional = ("correction", "heading_correction")  # sparse (below), or absent from older checkpoints: zero
+    if missing.unexpected_keys or [k for k in missing.missing_keys if not k.startswith(optional)]:
         raise ValueError(f"checkpoint does not fit the model: {missing}")
     pos = {c: i for i, c in enumerate(model.space.subheadings)}
     idx = torch.tensor([pos[f"{int(c):06d}"] for c in tensors["correction.codes"].tolist()], dtype=torch.long)

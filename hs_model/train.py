@@ -8,6 +8,7 @@ the fused model keeps working when a modality is missing or the text is poor (mo
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import random
@@ -25,7 +26,7 @@ from hs_model.calibration import choose_threshold
 from hs_model.checkpoint import ModelCard, save_checkpoint
 from hs_model.datasets import split_of
 from hs_model.features import cached_text_embeddings, myntra_image_features
-from hs_model.losses import ClipLoss, hierarchical_nll
+from hs_model.losses import ClipLoss, hierarchical_nll, within_heading_kl
 from hs_model.model import HeadConfig, HsJointModel, LabelSpace
 from hs_model.predict import trained_parts
 from hs_model.towers import ImageTower, TextTower
@@ -48,6 +49,7 @@ class TrainConfig:
     train_examples_per_epoch: int = 16_000  # a fresh random subset of the training views each epoch
     label_examples_per_epoch: int = 8_000
     review_target_accuracy: float = 0.9
+    within_heading_kl: float = 1.0  # weight of `losses.within_heading_kl` on rows labelled with a heading only
     seed: int = 0
 
 
@@ -96,20 +98,28 @@ def fit(
     """Train the model's small parts; keeps the epoch with the best validation top-1. Returns the history."""
     torch.manual_seed(cfg.seed)
     clip = ClipLoss()
-    params = [p for n, p in model.named_parameters() if not n.startswith("correction")]
+    offsets = [model.correction, model.correction_bias, model.heading_correction, model.heading_correction_bias]
+    params = [p for p in model.parameters() if all(p is not o for o in offsets)]
     opt = torch.optim.AdamW(
         [
             {"params": params + list(clip.parameters()), "weight_decay": 1e-4},
-            {"params": [model.correction, model.correction_bias], "weight_decay": 0.0},
+            {"params": offsets, "weight_decay": 0.0},
         ],
         lr=cfg.lr,
     )
-    # Per-code corrections only for codes with training data; every other code keeps exactly its prototypes.
-    seen = codes_with_data(model, train)
+    # Offsets only at the level the data speaks to: a subheading's own offset only when rows are labelled with
+    # it (6 digits); rows labelled with a heading only move that heading's shared offset. Every other code keeps
+    # exactly its prototypes. (The adapter and the photo path can still reorder a heading's subheadings; the
+    # within-heading KL below holds that for rows labelled with a heading only.)
+    seen_sub, seen_head = codes_with_data(model, train)
     hooks = [
-        model.correction.register_hook(lambda g: g * seen[:, None]),
-        model.correction_bias.register_hook(lambda g: g * seen),
+        model.correction.register_hook(lambda g: g * seen_sub[:, None]),
+        model.correction_bias.register_hook(lambda g: g * seen_sub),
+        model.heading_correction.register_hook(lambda g: g * seen_head[:, None]),
+        model.heading_correction_bias.register_hook(lambda g: g * seen_head),
     ]
+    # The model as it starts: the teacher of the split inside a heading for rows labelled with a heading only.
+    teacher = copy.deepcopy(model).eval() if cfg.within_heading_kl > 0 else None
     history, best, best_state = [], -1.0, None
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
@@ -127,9 +137,18 @@ def fit(
             loss = hierarchical_nll(
                 lambda z, lv: model.level_log_probs(z, lv, temperature=False), out.logits, b.target, b.level
             )
+            weak = b.level == 4
+            if teacher is not None and bool(weak.any()):
+                with torch.no_grad():
+                    inputs = (b.text, b.pooled, b.probs, b.has_text, b.has_image, b.exclude)
+                    t_logits = teacher(*(x[weak] for x in inputs)).logits
+                loss = loss + cfg.within_heading_kl * within_heading_kl(
+                    out.logits[weak], t_logits, b.target[weak], model.sub_to_head
+                )
             if cfg.use_contrastive and int(b.pair.sum()) > 1:
                 loss = loss + cfg.clip_weight * clip(out.text_joint[b.pair], out.image_joint[b.pair])
-            loss = loss + cfg.correction_l2 * model.correction.pow(2).sum(1).mean() * 100
+            l2 = model.correction.pow(2).sum(1).mean() + model.heading_correction.pow(2).sum(1).mean()
+            loss = loss + cfg.correction_l2 * l2 * 100
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -150,18 +169,14 @@ def fit(
     return history
 
 
-def codes_with_data(model: HsJointModel, fs: FeatureSet) -> torch.Tensor:
-    """[S] float mask of subheadings that a training row is labelled with (directly, or under its heading/chapter)."""
-    seen = torch.zeros(len(model.space.subheadings))
-    for level, parent in ((6, None), (4, model.sub_to_head), (2, model.sub_to_chap)):
-        targets = fs.target[fs.level == level].unique()
-        if len(targets) == 0:
-            continue
-        if parent is None:
-            seen[targets] = 1.0
-        else:
-            seen[torch.isin(parent.cpu(), targets)] = 1.0
-    return seen
+def codes_with_data(model: HsJointModel, fs: FeatureSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float masks of the offsets the rows can train: ([S] subheadings labelled to 6 digits, [H] headings
+    labelled to 4 digits). Rows labelled only to a chapter train neither."""
+    seen_sub = torch.zeros(len(model.space.subheadings))
+    seen_sub[fs.target[fs.level == 6].unique()] = 1.0
+    seen_head = torch.zeros(len(model.space.headings))
+    seen_head[fs.target[fs.level == 4].unique()] = 1.0
+    return seen_sub, seen_head
 
 
 @torch.no_grad()

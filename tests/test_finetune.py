@@ -548,6 +548,7 @@ def test_the_fast_text_only_path_gives_the_same_gradients():
         p.requires_grad_(False)
     with torch.no_grad():
         plain.correction.normal_(0, 0.1)  # non-zero corrections: the memoised part must exclude them
+        plain.heading_correction.normal_(0, 0.1)
     fast = copy.deepcopy(plain)
     fast.__class__ = finetune._FixedPrototypes
     fast._retrieval = {}

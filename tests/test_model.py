@@ -156,3 +156,19 @@ def test_checkpoint_round_trip_and_tamper_refusal(tmp_path):
     weights.write_bytes(weights.read_bytes()[:-4] + b"XXXX")
     with pytest.raises(CheckpointError, match="do not match"):
         load_checkpoint(tmp_path)
+
+
+def test_within_heading_kl_only_sees_the_split_inside_the_gold_heading():
+    from hs_model.losses import within_heading_kl
+
+    sub_to_head = torch.tensor([0, 0, 0, 1, 1])
+    teacher = torch.tensor([[2.0, 0.0, -1.0, 5.0, 5.0]])
+    heading = torch.tensor([0])
+    same_split = teacher + torch.tensor([[3.0, 3.0, 3.0, -9.0, 7.0]])  # heading 0 shifted as a whole
+    assert float(within_heading_kl(same_split, teacher, heading, sub_to_head)) < 1e-6
+    flipped = torch.tensor([[-1.0, 0.0, 2.0, 5.0, 5.0]], requires_grad=True)
+    loss = within_heading_kl(flipped, teacher, heading, sub_to_head)
+    assert float(loss) > 0.5
+    loss.backward()
+    assert flipped.grad[0, 3:].abs().sum() == 0  # the other heading's subheadings are not touched
+    assert flipped.grad[0, 0] < 0 < flipped.grad[0, 2]  # descent raises what the teacher ranks first

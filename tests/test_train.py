@@ -58,3 +58,32 @@ def test_corrections_stay_zero_for_codes_without_data():
     for i, code in enumerate(CODES):
         has_data = code[:2] == "61"
         assert bool(model.correction[i].abs().sum() > 0) == has_data, code
+
+
+def test_heading_labels_move_headings_not_the_order_inside_them():
+    """Rows labelled only to 4 digits train their heading's shared offset, never a subheading's own: the
+    ranking of the subheadings inside a heading is the one the model gives without its heading offsets."""
+    model = tiny_model()
+    pool = synthetic_pool(400, 4)
+    train = pool.subset(torch.nonzero(pool.level == 4).flatten())  # weak heading labels only
+    feats = synthetic_pool(50, 5)
+
+    def within_heading_order(m) -> list[list[int]]:
+        with torch.no_grad():
+            logits = m(feats.text, feats.pooled, feats.probs, feats.has_text, feats.has_image).logits
+        heads = m.sub_to_head.tolist()
+        return [
+            [sorted([j for j in range(len(CODES)) if heads[j] == h], key=lambda j: -float(row[j])) for h in set(heads)]
+            for row in logits
+        ]
+
+    fit(model, train, train, TrainConfig(epochs=3, batch_size=64, lr=1e-2, label_examples_per_epoch=0))
+    model.eval()
+    assert not model.correction.abs().sum() and not model.correction_bias.abs().sum()
+    assert model.heading_correction.abs().sum() > 0
+    untrained = tiny_model()
+    untrained.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith("heading_correction")}, strict=False
+    )
+    untrained.eval()
+    assert within_heading_order(model) == within_heading_order(untrained)
