@@ -412,7 +412,7 @@ def _shoe() -> Image.Image:
 
 
 @pytest.mark.slow
-# Grad-CAM is not held to this: on the shipped hsdesk-v1 only 18 % of its chapter-64 mass fell on the shoe half
+# Grad-CAM is not held to this: only 18 % of its chapter-64 mass falls on the shoe half here (47 % with hsdesk-v2)
 # (7x7 maps, upsampled; it lights up background for some codes). The README says so; IG is the default method.
 @pytest.mark.parametrize("method", ["integrated_gradients"])
 def test_planted_cue_attribution_falls_on_the_shoe(real, method):
@@ -423,7 +423,7 @@ def test_planted_cue_attribution_falls_on_the_shoe(real, method):
     e = Explainer(real).explain(Query(None, (canvas,)), "64", method=method)
     heat = e.image_heatmaps[0]
     assert heat.shape == (448, 448)
-    assert heat[:, :224].sum() / heat.sum() > 0.8  # measured 0.93 (IG) and 1.00 (Grad-CAM)
+    assert heat[:, :224].sum() / heat.sum() > 0.8  # measured 0.93
 
 
 @pytest.mark.slow
