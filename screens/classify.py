@@ -190,6 +190,25 @@ def show_path(code: str, nodes) -> None:
     )
 
 
+CLOSE_CALL_TOP = 0.8  # below this, a runner-up in the same heading with at least half its probability is named
+CLOSE_CALL_RATIO = 0.5
+
+
+def close_call(subheadings):
+    """The runner-up subheading when the best one barely beats it inside the same heading, else None.
+
+    The model decides headings well and subheadings inside a heading much less well (they often differ only by
+    material, which descriptions and photos rarely show), so a near tie there is worth saying out loud.
+    """
+    if len(subheadings) < 2:
+        return None
+    top, second = subheadings[0], subheadings[1]
+    same_heading = top.code[:4] == second.code[:4]
+    if same_heading and top.score < CLOSE_CALL_TOP and second.score >= CLOSE_CALL_RATIO * top.score:
+        return second
+    return None
+
+
 def show_prediction(recorded) -> None:
     prediction = recorded.prediction
     top = prediction.levels[6][0]
@@ -206,6 +225,15 @@ def show_prediction(recorded) -> None:
             f"{percent(heading.score)}, best subheading {format_code(top.code)} at {percent(top.score)}). "
             "Check the candidates and the official path before choosing a code.",
             icon=":material/warning:",
+        )
+    rival = close_call(prediction.levels[6])
+    if rival is not None:
+        st.info(
+            f"**{format_code(top.code)} or {format_code(rival.code)}?** The model cannot tell these subheadings "
+            f"of heading {format_code(top.code[:4])} apart ({percent(top.score)} against {percent(rival.score)}). "
+            f"What separates them is in their official texts: “{md(top.description)}” against "
+            f"“{md(rival.description)}”. Check the product (material, use, construction) against both.",
+            icon=":material/compare_arrows:",
         )
     for note in prediction.notes:
         st.info(note, icon=":material/info:")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -129,6 +130,35 @@ def test_unsure_prediction_shows_review_banner(app_db, monkeypatch):
     monkeypatch.setattr(common, "get_classifier", lambda model_dir: FakeClassifier(needs_review=True))
     at = classify(signed_in(app_db), "cotton garment")
     assert len(at.warning) == 1 and "Needs review" in at.warning[0].value
+
+
+class CloseCallClassifier(FakeClassifier):
+    """Two subheadings of one heading nearly tied, as the model gives for T-shirts of unstated material."""
+
+    def predict(self, text=None, images=(), top_k=5):
+        from hs_model.predict import Candidate
+
+        prediction = super().predict(text, images, top_k)
+        levels = dict(prediction.levels)
+        levels[6] = [
+            Candidate(
+                "610990", 6, "T-shirts, singlets and other vests; of textile materials (other than cotton)", 0.55
+            ),
+            Candidate("610910", 6, "T-shirts, singlets and other vests; of cotton, knitted or crocheted", 0.43),
+        ]
+        return dataclasses.replace(prediction, levels=levels)
+
+
+def test_a_near_tie_inside_a_heading_names_both_subheadings(app_db, monkeypatch):
+    monkeypatch.setattr(common, "get_classifier", lambda model_dir: CloseCallClassifier())
+    at = classify(signed_in(app_db), "men's T-shirt")
+    hints = [i.value for i in at.info if "6109.90 or 6109.10?" in i.value]
+    assert len(hints) == 1 and "other than cotton" in hints[0] and "of cotton, knitted" in hints[0]
+
+
+def test_a_clear_winner_gets_no_near_tie_hint(app_db, fake_classifier):
+    at = classify(signed_in(app_db), "men's T-shirt")  # 62 % against 21 % in another heading
+    assert not [i.value for i in at.info if " or " in i.value and "?" in i.value]
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,20 @@ def product_photo(tmp_path: Path) -> Path:
     return path
 
 
+def shoe_photo(tmp_path: Path) -> Path:
+    """The first men's shoe photo of the shared product data, else the T-shirt of `product_photo`."""
+    import csv
+
+    styles = SAMPLE_PHOTO.parents[1] / "styles.csv"
+    if styles.is_file():
+        with styles.open(newline="", encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                path = SAMPLE_PHOTO.parent / f"{row['id']}.jpg"
+                if row["subCategory"] == "Shoes" and row["gender"] == "Men" and path.is_file():
+                    return path
+    return product_photo(tmp_path)
+
+
 def sign_in_and_describe(page, text: str) -> None:
     """Sign in as the broker 'bea', wait for the model in the sidebar, type a description (committed to the app)."""
     from playwright.sync_api import expect
