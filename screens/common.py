@@ -17,6 +17,7 @@ from services.auth import Actor
 from services.classify import format_code, load_classifier, resolve_model_dir
 from services.errors import ServiceError
 from services.models import active_model_dir
+from services.review import item_detail
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,17 @@ def load_or_stop(fn: Callable[[Any], T]) -> T:
         st.error(md(str(exc)), icon=":material/error:")
         st.stop()
         raise  # st.stop() raises; this line is for type checkers
+
+
+def item_detail_or_error(item_id: int) -> Any:
+    """One line item as the reviewer and broker screens show it (photos, candidates, history), or the service's
+    refusal shown in place (returns None)."""
+    actor = current_actor()
+    try:
+        return in_transaction(lambda session: item_detail(session, actor, item_id, photo_root=photo_root()))
+    except ServiceError as exc:
+        st.error(md(str(exc)), icon=":material/error:")
+        return None
 
 
 def show_notice(key: str) -> None:

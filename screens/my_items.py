@@ -10,7 +10,7 @@ from screens.common import ago, md
 from services.classify import describe_code, format_code, search_subheadings, submit_decision
 from services.decisions import MAX_COMMENT_LENGTH
 from services.errors import ServiceError
-from services.review import item_detail, my_items
+from services.review import my_items
 
 STATUS = {
     "new": "not submitted",
@@ -106,13 +106,8 @@ def resubmit_form(detail) -> None:
 
 
 def item_panel(item_id: int) -> None:
-    actor = common.current_actor()
-    try:
-        detail = common.in_transaction(
-            lambda session: item_detail(session, actor, item_id, photo_root=common.photo_root())
-        )
-    except ServiceError as exc:
-        st.error(md(str(exc)), icon=":material/error:")
+    detail = common.item_detail_or_error(item_id)
+    if detail is None:
         return
     left, right = st.columns([3, 2], gap="large")
     with left:

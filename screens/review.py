@@ -21,7 +21,7 @@ from services.decisions import (
     review_queue,
 )
 from services.errors import ServiceError
-from services.review import QueueFilter, item_detail, queue_facets
+from services.review import QueueFilter, queue_facets
 
 ACTIONS = ("Approve", "Correct", "Reject")
 ALL = ""  # the "no filter" choice of the pick lists
@@ -332,13 +332,8 @@ def one_by_one(queue) -> None:
     item_id = st.selectbox(
         f"{len(queue)} waiting, oldest first", list(labels), format_func=labels.__getitem__, key="review_item"
     )
-    actor = common.current_actor()
-    try:
-        detail = common.in_transaction(
-            lambda session: item_detail(session, actor, item_id, photo_root=common.photo_root())
-        )
-    except ServiceError as exc:
-        st.error(md(str(exc)), icon=":material/error:")
+    detail = common.item_detail_or_error(item_id)
+    if detail is None:
         return
     left, right = st.columns([3, 2], gap="large")
     with left:
