@@ -21,16 +21,29 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, log_probs_fn=No
     return float(grid[int(np.argmin(nll))])
 
 
-def choose_threshold(confidence: np.ndarray, correct: np.ndarray, target_accuracy: float = 0.9) -> float:
+def choose_threshold(
+    confidence: np.ndarray, correct: np.ndarray, target_accuracy: float = 0.9, weights: np.ndarray | None = None
+) -> float:
     """Lowest confidence threshold whose answered rows reach `target_accuracy`; rows below go to a reviewer.
 
-    Returns 1.0 (everything reviewed) when no threshold reaches the target.
+    `weights` (per row, default 1) make the accuracy of the answered rows a weighted mean, so a small but
+    important part of the validation data (e.g. general goods beside thousands of apparel rows) counts as much
+    as the rest. Returns 1.0 (everything reviewed) when no threshold reaches the target.
     """
     order = np.argsort(-confidence)
+    w = np.ones(len(confidence)) if weights is None else np.asarray(weights, dtype=float)[order]
     conf, corr = confidence[order], correct[order].astype(float)
-    running = np.cumsum(corr) / np.arange(1, len(corr) + 1)
+    running = np.cumsum(w * corr) / np.cumsum(w)
     ok = np.nonzero(running >= target_accuracy)[0]
     if len(ok) == 0:
         return 1.0
     # the largest answered set that still meets the target
     return float(conf[ok[-1]])
+
+
+def dataset_weights(sources: list[str]) -> np.ndarray:
+    """Per row, 1 / (rows of its dataset), the dataset being the source name up to its first '-'
+    ("myntra-full", "myntra-image" -> "myntra"; "uk-val" -> "uk"): every dataset weighs the same in total."""
+    names = [s.split("-", 1)[0] for s in sources]
+    counts = {n: names.count(n) for n in set(names)}
+    return np.array([1.0 / counts[n] for n in names])

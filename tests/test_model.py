@@ -128,6 +128,19 @@ def test_threshold_meets_target_accuracy():
     assert choose_threshold(conf, np.zeros(6), 0.9) == 1.0
 
 
+def test_a_small_dataset_weighs_as_much_as_a_large_one():
+    from hs_model.calibration import dataset_weights
+
+    # 8 confident, correct apparel rows; 2 general-goods rows, one wrong at 0.6, one right at 0.5
+    conf = np.array([0.99] * 8 + [0.6, 0.5])
+    correct = np.array([1] * 8 + [0, 1])
+    sources = ["myntra-full"] * 4 + ["myntra-image"] * 4 + ["uk-val"] * 2
+    assert choose_threshold(conf, correct, 0.9) == 0.5  # by rows: 9 of 10 right, answer everything
+    weighted = choose_threshold(conf, correct, 0.9, dataset_weights(sources))
+    assert weighted == 0.99  # weighted, the wrong parcel is half of the parcels' weight: it goes to review
+    assert dataset_weights(sources).sum() == pytest.approx(2.0)
+
+
 def test_macro_prf_on_known_case():
     p, r, f = macro_prf(["a", "a", "b", "b"], ["a", "b", "b", "b"])
     assert r == pytest.approx((0.5 + 1.0) / 2)
