@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import torch
 
@@ -45,5 +47,5 @@ def dataset_weights(sources: list[str]) -> np.ndarray:
     """Per row, 1 / (rows of its dataset), the dataset being the source name up to its first '-'
     ("myntra-full", "myntra-image" -> "myntra"; "uk-val" -> "uk"): every dataset weighs the same in total."""
     names = [s.split("-", 1)[0] for s in sources]
-    counts = {n: names.count(n) for n in set(names)}
+    counts = Counter(names)
     return np.array([1.0 / counts[n] for n in names])

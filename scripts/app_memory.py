@@ -19,7 +19,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from db.engine import make_engine, make_session_factory, upgrade  # noqa: E402
 from services.auth import provision_user  # noqa: E402
-from tests.browser.helpers import MODEL_TIMEOUT_MS, PASSWORD, product_photo, sign_in_and_describe, upload  # noqa: E402
+from tests.browser.helpers import (  # noqa: E402
+    PASSWORD,
+    classify,
+    explain_top_candidate,
+    product_photo,
+    sign_in_and_describe,
+    upload,
+)
 from tests.ui import chromium, streamlit_app  # noqa: E402
 
 
@@ -41,8 +48,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    from playwright.sync_api import expect
-
     steps: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -59,13 +64,9 @@ def main() -> None:
             sign_in_and_describe(page, "men's knitted cotton T-shirt")
             steps["signed_in"] = server_memory_mb()
             upload(page, product_photo(root))
-            page.get_by_role("button", name="Classify").click()
-            expect(page.get_by_text("Candidates for line item #1")).to_be_visible(timeout=MODEL_TIMEOUT_MS)
+            classify(page)
             steps["classified"] = server_memory_mb()
-            panel = page.locator("[data-testid='stExpander']").filter(has_text="Why these codes?")
-            panel.get_by_text("Why these codes?").click()
-            panel.get_by_role("button", name="Explain").click()
-            expect(panel.get_by_text("What points to")).to_be_visible(timeout=MODEL_TIMEOUT_MS)
+            explain_top_candidate(page)
             steps["explained"] = server_memory_mb()
     peak = max(s["VmHWM"] for s in steps.values())
     if args.json:

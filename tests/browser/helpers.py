@@ -66,3 +66,22 @@ def sign_in_and_describe(page, text: str) -> None:
 
 def upload(page, path: Path) -> None:
     page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(path)
+
+
+def classify(page) -> None:
+    """Press Classify and wait for the candidates of the first line item."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("button", name="Classify").click()
+    expect(page.get_by_text("Candidates for line item #1")).to_be_visible(timeout=MODEL_TIMEOUT_MS)
+
+
+def explain_top_candidate(page, timeout_ms: int = MODEL_TIMEOUT_MS):
+    """Open "Why these codes?", press Explain for the preselected top candidate, wait; returns the panel."""
+    from playwright.sync_api import expect
+
+    panel = page.locator("[data-testid='stExpander']").filter(has_text="Why these codes?")
+    panel.get_by_text("Why these codes?").click()
+    panel.get_by_role("button", name="Explain").click()
+    expect(panel.get_by_text("What points to")).to_be_visible(timeout=timeout_ms)
+    return panel

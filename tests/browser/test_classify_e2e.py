@@ -15,10 +15,10 @@ from sqlalchemy import select
 
 from db.models import Decision, LineItem, Photo
 from tests.browser.helpers import (
-    MODEL_TIMEOUT_MS,
     PASSWORD,
     SCREENSHOTS,
     SHIPPED_VERSION,
+    classify,
     product_photo,
     sign_in_and_describe,
     upload,
@@ -39,8 +39,7 @@ def test_broker_classifies_and_submits(app_db, page, tmp_path):
     upload(page, product_photo(tmp_path))
     expect(page.locator("[data-testid='stImage']").first).to_be_visible(timeout=30_000)
 
-    page.get_by_role("button", name="Classify").click()
-    expect(page.get_by_text("Candidates for line item #1")).to_be_visible(timeout=MODEL_TIMEOUT_MS)
+    classify(page)
     expect(page.locator("[data-testid='stMetricValue']")).to_have_count(3)
     expect(page.get_by_text("Official path of")).to_be_visible()
     if os.environ.get("HS_SCREENSHOTS") == "1":

@@ -11,7 +11,15 @@ import re
 
 import pytest
 
-from tests.browser.helpers import MODEL_TIMEOUT_MS, PASSWORD, SCREENSHOTS, shoe_photo, sign_in_and_describe, upload
+from tests.browser.helpers import (
+    PASSWORD,
+    SCREENSHOTS,
+    classify,
+    explain_top_candidate,
+    shoe_photo,
+    sign_in_and_describe,
+    upload,
+)
 from tests.ui import needs_chromium, screenshot_full_app
 
 pytestmark = pytest.mark.browser
@@ -27,13 +35,8 @@ def test_broker_sees_heatmap_words_and_contrast(app_db, page, tmp_path):
     app_db.add_user("bea", "broker", PASSWORD)
     sign_in_and_describe(page, DESCRIPTION)
     upload(page, shoe_photo(tmp_path))
-    page.get_by_role("button", name="Classify").click()
-    expect(page.get_by_text("Candidates for line item #1")).to_be_visible(timeout=MODEL_TIMEOUT_MS)
-
-    panel = page.locator("[data-testid='stExpander']").filter(has_text="Why these codes?")
-    panel.get_by_text("Why these codes?").click()
-    panel.get_by_role("button", name="Explain").click()
-    expect(panel.get_by_text("What points to")).to_be_visible(timeout=EXPLAIN_TIMEOUT_MS)
+    classify(page)
+    panel = explain_top_candidate(page, EXPLAIN_TIMEOUT_MS)
     expect(panel.get_by_text(re.compile(r"Why \d{4}\.\d{2} rather than \d{4}\.\d{2}"))).to_be_visible()
 
     # The candidate and the contrast each show the photo as uploaded and its heatmap overlay.

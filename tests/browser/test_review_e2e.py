@@ -22,6 +22,7 @@ from tests.browser.helpers import (
     PASSWORD,
     SCREENSHOTS,
     SHIPPED_VERSION,
+    classify,
     product_photo,
     sign_in_and_describe,
     upload,
@@ -65,8 +66,7 @@ def broker_submits_a_shirt(ui, tmp_path: Path) -> None:
     sign_in_and_describe(ui, "men's knitted cotton T-shirt")
     upload(ui, product_photo(tmp_path))
     expect(ui.locator("[data-testid='stImage']").first).to_be_visible(timeout=30_000)
-    ui.get_by_role("button", name="Classify").click()
-    expect(ui.get_by_text("Candidates for line item #1")).to_be_visible(timeout=MODEL_TIMEOUT_MS)
+    classify(ui)
     ui.get_by_text("Another code (search the HS 2022 tree)").click()
     search = ui.get_by_label("Search by code or words")
     search.fill("6105.10")
