@@ -96,17 +96,11 @@ def chromium() -> Iterator:
             browser.close()
 
 
-def show_everything(page) -> None:
-    """Grow the viewport to the whole main pane: Streamlit scrolls inside it and draws images only once they are
-    in view, so a long screen otherwise has no <img> below the fold."""
+def screenshot_full_app(page, path: Path) -> None:
+    """Streamlit scrolls inside its main pane, so grow the viewport to the content before the shot."""
     for _ in range(3):  # the layout reflows with the viewport: repeat until the height settles
         height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
         page.set_viewport_size({"width": 1440, "height": max(900, int(height))})
         page.wait_for_timeout(1000)
-
-
-def screenshot_full_app(page, path: Path) -> None:
-    """A full-length screenshot of the app (see `show_everything`)."""
-    show_everything(page)
     path.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(path), full_page=True)

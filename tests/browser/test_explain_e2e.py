@@ -20,7 +20,7 @@ from tests.browser.helpers import (
     sign_in_and_describe,
     upload,
 )
-from tests.ui import needs_chromium, screenshot_full_app, show_everything
+from tests.ui import needs_chromium, screenshot_full_app
 
 pytestmark = pytest.mark.browser
 
@@ -40,11 +40,11 @@ def test_broker_sees_heatmap_words_and_contrast(app_db, page, tmp_path):
     expect(panel.get_by_text(re.compile(r"Why \d{4}\.\d{2} rather than \d{4}\.\d{2}"))).to_be_visible()
 
     # The candidate and the contrast each show the photo as uploaded and its heatmap overlay.
-    show_everything(page)
     images = panel.locator("img")
     expect(images).to_have_count(4, timeout=30_000)
-    for i in range(4):
+    for i in range(4):  # Streamlit's images load lazily: bring each into view, then wait for its pixels
         image = images.nth(i)
+        image.scroll_into_view_if_needed()
         page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
     expect(panel.get_by_text("Evidence in the photo (brighter = stronger)").first).to_be_visible()
     expect(panel.get_by_text(re.compile(r"completeness error \d+\.\d{3}")).first).to_be_visible()
