@@ -25,7 +25,7 @@ from tests.browser.helpers import (  # noqa: E402
     explain_top_candidate,
     product_photo,
     sign_in_and_describe,
-    upload,
+    upload_photo,
 )
 from tests.ui import chromium, streamlit_app  # noqa: E402
 
@@ -63,7 +63,7 @@ def main() -> None:
             page.goto(base, timeout=60_000)
             sign_in_and_describe(page, "men's knitted cotton T-shirt")
             steps["signed_in"] = server_memory_mb()
-            upload(page, product_photo(root))
+            upload_photo(page, product_photo(root))
             classify(page)
             steps["classified"] = server_memory_mb()
             explain_top_candidate(page)

@@ -68,6 +68,14 @@ def upload(page, path: Path) -> None:
     page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(path)
 
 
+def upload_photo(page, path: Path) -> None:
+    """Upload a photo and wait for its thumbnail: Classify pressed before that runs without the photo."""
+    from playwright.sync_api import expect
+
+    upload(page, path)
+    expect(page.locator("[data-testid='stImage']").first).to_be_visible(timeout=30_000)
+
+
 def classify(page) -> None:
     """Press Classify and wait for the candidates of the first line item."""
     from playwright.sync_api import expect

@@ -22,6 +22,7 @@ from tests.browser.helpers import (
     product_photo,
     sign_in_and_describe,
     upload,
+    upload_photo,
 )
 from tests.ui import needs_chromium, screenshot_full_app
 
@@ -36,8 +37,7 @@ def test_broker_classifies_and_submits(app_db, page, tmp_path):
 
     app_db.add_user("bea", "broker", PASSWORD)
     sign_in_and_describe(page, "men's knitted cotton T-shirt")
-    upload(page, product_photo(tmp_path))
-    expect(page.locator("[data-testid='stImage']").first).to_be_visible(timeout=30_000)
+    upload_photo(page, product_photo(tmp_path))
 
     classify(page)
     expect(page.locator("[data-testid='stMetricValue']")).to_have_count(3)

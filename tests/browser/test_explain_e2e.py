@@ -18,7 +18,7 @@ from tests.browser.helpers import (
     explain_top_candidate,
     shoe_photo,
     sign_in_and_describe,
-    upload,
+    upload_photo,
 )
 from tests.ui import needs_chromium, screenshot_full_app
 
@@ -34,7 +34,7 @@ def test_broker_sees_heatmap_words_and_contrast(app_db, page, tmp_path):
 
     app_db.add_user("bea", "broker", PASSWORD)
     sign_in_and_describe(page, DESCRIPTION)
-    upload(page, shoe_photo(tmp_path))
+    upload_photo(page, shoe_photo(tmp_path))
     classify(page)
     panel = explain_top_candidate(page, EXPLAIN_TIMEOUT_MS)
     expect(panel.get_by_text(re.compile(r"Why \d{4}\.\d{2} rather than \d{4}\.\d{2}"))).to_be_visible()

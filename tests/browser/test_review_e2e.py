@@ -25,7 +25,7 @@ from tests.browser.helpers import (
     classify,
     product_photo,
     sign_in_and_describe,
-    upload,
+    upload_photo,
 )
 from tests.ui import needs_chromium, screenshot_full_app
 
@@ -64,8 +64,7 @@ def broker_submits_a_shirt(ui, tmp_path: Path) -> None:
     expect(ui.get_by_text(SHIPPED_VERSION, exact=True)).to_be_visible(timeout=FIRST_LOAD_TIMEOUT_MS)
     sign_out(ui)
     sign_in_and_describe(ui, "men's knitted cotton T-shirt")
-    upload(ui, product_photo(tmp_path))
-    expect(ui.locator("[data-testid='stImage']").first).to_be_visible(timeout=30_000)
+    upload_photo(ui, product_photo(tmp_path))
     classify(ui)
     ui.get_by_text("Another code (search the HS 2022 tree)").click()
     search = ui.get_by_label("Search by code or words")
