@@ -17,6 +17,7 @@ from db.decision_log import DecisionFilter
 from db.engine import default_db_url, make_engine, make_session_factory, run_transaction, upgrade
 from db.export import FORMATS, export_decision_log, record_export, write_atomic
 from db.models import DECISION_KINDS, ROLES
+from hs_core.settings import get_settings
 
 log = logging.getLogger("db")
 MIN_PASSWORD_LENGTH = 10
@@ -222,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 for user errors, printed as one line on stderr)."""
-    logging.basicConfig(level=os.environ.get("HS_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=get_settings().log_level, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     if args.db is None:
         args.db = default_db_url()

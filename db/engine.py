@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -15,11 +14,12 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from hs_core.settings import DEFAULT_DB_URL, VAR_DIR, get_settings
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 BUSY_TIMEOUT_S = 30
 # Any constant works: every process that migrates the same PostgreSQL database takes this lock first.
@@ -35,12 +35,10 @@ def default_db_url() -> str:
     Returns:
         A SQLAlchemy URL string. For the default SQLite file the parent directory is created.
     """
-    url = os.environ.get("HS_DB_URL")
-    if url:
-        return url
-    path = REPO_ROOT / "var" / "hs_desk.sqlite3"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    url = get_settings().db_url
+    if url == DEFAULT_DB_URL:
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+    return url
 
 
 def _is_sqlite(url: URL) -> bool:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -98,3 +101,80 @@ def activate_model_version(
 def list_model_versions(session: Session) -> list[ModelVersion]:
     """Return all model versions, newest first."""
     return list(session.scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc(), ModelVersion.id)))
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """A registered version as plain data."""
+
+    id: str
+    path: Path
+    sha256: str
+    parent_id: str | None
+    status: str
+    created_at: datetime
+    created_by: int | None
+    card: dict[str, Any]
+    metrics: dict[str, Any]
+
+    @classmethod
+    def of(cls, row: ModelVersion) -> VersionRecord:
+        return cls(
+            row.id,
+            Path(row.path),
+            row.sha256,
+            row.parent_id,
+            row.status,
+            row.created_at,
+            row.created_by,
+            dict(row.card or {}),
+            dict(row.metrics or {}),
+        )
+
+    @property
+    def gate(self) -> dict[str, Any]:
+        """The evaluation gate's verdict recorded at creation (empty for the shipped model)."""
+        return dict(self.metrics.get("gate") or {})
+
+
+def get_version(session: Session, version_id: str) -> VersionRecord:
+    """A registered version as plain data.
+
+    Raises:
+        LookupError: Unknown version id.
+    """
+    row = session.get(ModelVersion, version_id)
+    if row is None:
+        raise LookupError(f"There is no model version {version_id!r}.")
+    return VersionRecord.of(row)
+
+
+def active_version(session: Session) -> VersionRecord | None:
+    row = active_model_version(session)
+    return VersionRecord.of(row) if row is not None else None
+
+
+def list_versions(session: Session) -> list[VersionRecord]:
+    """All versions, newest first."""
+    return [VersionRecord.of(v) for v in list_model_versions(session)]
+
+
+ROLLBACK_PREFIX = "roll back"
+
+
+def previous_active(session: Session) -> str | None:
+    """The version a roll back returns to, or None.
+
+    The activation log is replayed as a stack: an activation pushes its version; a roll back (reason
+    starting with ``ROLLBACK_PREFIX`` and returning to the version below the top) pops. So v1, v2, v3,
+    roll back, roll back goes v3 -> v2 -> v1 rather than toggling between the last two.
+    """
+    stack: list[str] = []
+    for version_id, reason in session.execute(
+        select(ModelActivation.version_id, ModelActivation.reason).order_by(ModelActivation.id)
+    ):
+        if len(stack) >= 2 and stack[-2] == version_id and (reason or "").startswith(ROLLBACK_PREFIX):
+            stack.pop()
+        elif not stack or stack[-1] != version_id:
+            stack.append(version_id)
+    return stack[-2] if len(stack) >= 2 else None

@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from db.engine import REPO_ROOT
+from hs_core.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class StoredPhoto:
 
 def default_photo_root() -> Path:
     """Return the photo store root: env ``HS_PHOTO_DIR`` or ``<repo>/var/photos``."""
-    return Path(os.environ.get("HS_PHOTO_DIR") or REPO_ROOT / "var" / "photos")
+    return get_settings().photo_dir
 
 
 def sniff_image(data: bytes) -> tuple[str, str]:

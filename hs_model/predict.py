@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from hs_core.settings import DEFAULT_MODEL_DIR
 from hs_model.bank import (
     DEFAULT_BRIDGE_PROMPT,
     LEGACY_BRIDGE_PROMPT,
@@ -24,7 +25,7 @@ from hs_model.bank import (
     with_extra_prototypes,
 )
 from hs_model.checkpoint import CheckpointError, ModelCard, load_checkpoint
-from hs_model.config import DEFAULT_MODEL_DIR, LIMITS, TowerConfig
+from hs_model.config import LIMITS, TowerConfig
 from hs_model.errors import InputError
 from hs_model.images import load_image
 from hs_model.model import HeadConfig, HsJointModel, LabelSpace
@@ -122,7 +123,7 @@ class Classifier:
     """Towers + joint model + nomenclature, loaded once and shared (read-only) by every session."""
 
     def __init__(self, model_dir: Path | None = DEFAULT_MODEL_DIR, towers: TowerConfig | None = None) -> None:
-        from hs_model.nomenclature import EDITION, get_nomenclature
+        from hs_core.nomenclature import EDITION, get_nomenclature
 
         t0 = time.perf_counter()
         self.nomenclature = get_nomenclature()
@@ -170,7 +171,7 @@ class Classifier:
         return self.card.version
 
     def describe(self, level: int, code: str) -> str:
-        from hs_model.nomenclature import HsCode
+        from hs_core.nomenclature import HsCode
 
         return self.nomenclature.description(HsCode.parse(code))
 
@@ -310,7 +311,7 @@ def bridge_prompt(card: ModelCard) -> str:
 
 def zero_shot_card(towers: TowerConfig) -> ModelCard:
     """Card of the untrained model: official HS texts as prototypes, ImageNet names as the photo bridge."""
-    from hs_model.nomenclature import EDITION
+    from hs_core.nomenclature import EDITION
 
     return ModelCard(
         version="zero-shot-v1",

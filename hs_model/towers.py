@@ -18,7 +18,8 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 from torch import nn
 
-from hs_model.config import PACKAGED_IMAGE_TOWER, PACKAGED_TEXT_TOWER, TowerConfig
+from hs_core.settings import PACKAGED_IMAGE_TOWER, PACKAGED_TEXT_TOWER, get_settings
+from hs_model.config import TowerConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,7 @@ def usable_cores() -> int:
 
 def configure_threads() -> int:
     """Torch intra-op threads: env HS_TORCH_THREADS, else no more than the usable cores (oversubscription is slow)."""
-    wanted = os.environ.get("HS_TORCH_THREADS", "").strip()
-    n = int(wanted) if wanted.isdigit() and int(wanted) > 0 else min(torch.get_num_threads(), usable_cores())
+    n = get_settings().torch_threads or min(torch.get_num_threads(), usable_cores())
     if n != torch.get_num_threads():
         torch.set_num_threads(n)
     return n

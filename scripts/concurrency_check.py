@@ -96,7 +96,7 @@ def error_key(exc: BaseException) -> str:
 
 
 def _valid_code():
-    from hs_model.nomenclature import get_nomenclature
+    from hs_core.nomenclature import get_nomenclature
 
     return get_nomenclature().is_valid
 

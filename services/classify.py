@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +15,11 @@ from sqlalchemy.orm import Session
 from db.models import Decision
 from db.photos import sniff_image, store_photo
 from db.queries import add_audit_event, create_line_item, get_or_create_shipment, record_prediction
-from hs_model.config import DEFAULT_MODEL_DIR, LIMITS
+from hs_core.nomenclature import HsCode, InvalidCode, PathNode, get_nomenclature
+from hs_core.settings import get_settings
+from hs_model.config import LIMITS
 from hs_model.errors import InputError
 from hs_model.images import load_image
-from hs_model.nomenclature import HsCode, InvalidCode, PathNode, get_nomenclature
 from services import decisions
 from services.auth import Actor, refresh_actor, require_role
 from services.decisions import SUBMITTERS, format_code
@@ -99,7 +99,7 @@ def resolve_model_dir() -> tuple[Path | None, str | None]:
         ``(folder, None)`` when the folder holds a model card, else ``(None, reason)``: the app then
         runs the zero-shot model and shows the reason.
     """
-    folder = Path(os.environ.get("HS_MODEL_DIR") or DEFAULT_MODEL_DIR)
+    folder = get_settings().model_dir
     if (folder / CARD_FILE).is_file():
         return folder, None
     return None, f"No {CARD_FILE} in {folder}."

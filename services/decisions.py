@@ -44,7 +44,7 @@ def normalise_code(code: str, valid_code: CodeValidator | None = None) -> str:
     Args:
         code: What the user typed.
         valid_code: Optional check that the 6-digit code exists in the nomenclature
-            (e.g. ``hs_model.nomenclature``'s lookup); skipped when ``None``.
+            (e.g. ``hs_core.nomenclature``'s lookup); skipped when ``None``.
 
     Raises:
         InvalidInput: Not six digits, or refused by ``valid_code``.

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from hs_core.nomenclature import PathNode
 from hs_model.errors import InputError
-from hs_model.nomenclature import PathNode
 from services.auth import Actor, require_role
 from services.classify import UploadedPhoto, official_path
 from services.errors import InvalidInput

@@ -6,8 +6,8 @@ model to serve) and `new_reviewed_since_active` (a count, nothing personal).
 
 from __future__ import annotations
 
+import getpass
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,19 +17,21 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from db import model_versions
 from db.engine import run_transaction
 from db.models import User
 from db.photos import default_photo_root
-from db.queries import add_audit_event
+from db.queries import add_audit_event, find_user
 from db.worklists import reviewed_examples
-from hs_model import registry
+from hs_core.settings import get_settings
 from hs_model.checkpoint import CheckpointError
-from hs_model.config import DEFAULT_DATA_DIR
+from services import finetune, model_registry
 from services.auth import Actor, refresh_actor, require_role
-from services.errors import InvalidInput, NotFound, ServiceError
+from services.errors import InvalidInput, NotFound, PermissionDenied, ServiceError
+from services.finetune import FinetuneResult
 
-if TYPE_CHECKING:  # hs_model.finetune trains with torch: imported only when a fine-tune runs
-    from hs_model.finetune import FinetuneConfig, FinetuneResult
+if TYPE_CHECKING:  # hs_train.finetune trains with torch: imported only when a fine-tune runs
+    from hs_train.finetune import FinetuneConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ class ActivationResult:
 
 def data_dir() -> Path:
     """The shared data folder (env ``HS_DATA_DIR``): its eval/ files are the gate's fixed benchmark."""
-    return Path(os.environ.get("HS_DATA_DIR") or DEFAULT_DATA_DIR)
+    return get_settings().data_dir
 
 
 def _admin(session: Session, actor: Actor | None, action: str) -> Actor:
@@ -83,7 +85,9 @@ def _admin(session: Session, actor: Actor | None, action: str) -> Actor:
     return actor
 
 
-def _view(record: registry.VersionRecord, active_id: str | None, rollback_to: str | None, users: dict) -> VersionView:
+def _view(
+    record: model_versions.VersionRecord, active_id: str | None, rollback_to: str | None, users: dict
+) -> VersionView:
     gate = record.gate
     cand, before = gate.get("candidate") or {}, gate.get("active") or {}
     data = (record.card.get("training") or {}).get("data") or {}
@@ -116,12 +120,12 @@ def list_versions(session: Session, actor: Actor | None) -> list[VersionView]:
     """
     _admin(session, actor, "manage model versions")
     try:
-        registry.ensure_default_registered(session)
+        model_registry.ensure_default_registered(session)
     except CheckpointError as exc:
         raise ModelIntegrityError(str(exc)) from None
-    records = registry.list_versions(session)
-    active = registry.active_version(session)
-    rollback_to = registry.previous_active(session)
+    records = model_versions.list_versions(session)
+    active = model_versions.active_version(session)
+    rollback_to = model_versions.previous_active(session)
     ids = {r.created_by for r in records if r.created_by is not None}
     users = {u.id: u.username for u in session.scalars(select(User).where(User.id.in_(ids)))} if ids else {}
     return [_view(r, active.id if active else None, rollback_to, users) for r in records]
@@ -129,7 +133,7 @@ def list_versions(session: Session, actor: Actor | None) -> list[VersionView]:
 
 def new_reviewed_since_active(session: Session) -> int:
     """How many approved or corrected decisions the active version has not been trained on (all, for the shipped one)."""
-    active = registry.active_version(session)
+    active = model_versions.active_version(session)
     data = ((active.card.get("training") or {}).get("data") or {}) if active else {}
     last = int(data.get("last_decision_id") or 0)
     return sum(1 for ex in reviewed_examples(session) if ex.decision_id > last)
@@ -143,6 +147,7 @@ def run_finetune(
     *,
     base: str | None = None,
     cfg: FinetuneConfig | None = None,
+    data: Path | None = None,
 ) -> FinetuneResult:
     """Fine-tune on every reviewed decision and let the evaluation gate decide whether the new version goes live.
 
@@ -155,19 +160,66 @@ def run_finetune(
         InvalidInput: Too few reviewed decisions, unknown base version, or another fine-tune running.
         ModelIntegrityError: The base or active version's files fail their hash check.
     """
-    from hs_model.finetune import FinetuneConfig, FinetuneError, run
-
     require_role(actor, ADMIN, action="fine-tune the model")
     run_transaction(session_factory, lambda session: refresh_actor(session, actor))
+    return _finetune(
+        session_factory, classifier, actor.username, actor.user_id, on_epoch, base=base, cfg=cfg, data=data
+    )
+
+
+def run_finetune_as_operator(
+    session_factory: sessionmaker[Session],
+    classifier: Any,
+    started_by: str | None,
+    on_epoch: Callable[[dict], None] | None = None,
+    *,
+    base: str | None = None,
+    data: Path | None = None,
+) -> FinetuneResult:
+    """The ``finetune`` command: whoever can reach the database from a shell acts as an admin.
+
+    `started_by` names the admin recorded as having started it (checked like a signed-in admin); without it
+    the run is recorded as ``cli:<operating-system user>``.
+
+    Raises:
+        PermissionDenied: `started_by` is not an active admin.
+        InvalidInput, ModelIntegrityError: As `run_finetune`.
+    """
+    if started_by is None:
+        return _finetune(session_factory, classifier, f"cli:{getpass.getuser()}", None, on_epoch, base=base, data=data)
+
+    def admin(session: Session) -> Actor:
+        user = find_user(session, started_by)
+        if user is None or not user.active or user.role != ADMIN:
+            raise PermissionDenied(f"{started_by!r}: there is no active admin by that name.")
+        return Actor.from_user(user)
+
+    actor = run_transaction(session_factory, admin)
+    return run_finetune(session_factory, actor, classifier, on_epoch, base=base, data=data)
+
+
+def _finetune(
+    session_factory: sessionmaker[Session],
+    classifier: Any,
+    started_by: str,
+    user_id: int | None,
+    on_epoch: Callable[[dict], None] | None,
+    *,
+    base: str | None,
+    cfg: FinetuneConfig | None = None,
+    data: Path | None = None,
+) -> FinetuneResult:
+    from hs_train.finetune import FinetuneError
+
     try:
-        result = run(
+        result = finetune.run(
             session_factory,
             classifier,
-            started_by=actor.username,
-            user_id=actor.user_id,
+            started_by=started_by,
+            user_id=user_id,
             base_id=base,
-            cfg=cfg or FinetuneConfig(),
-            data_dir=data_dir(),
+            cfg=cfg,
+            data_dir=data or data_dir(),
             photo_root=default_photo_root(),
             on_epoch=on_epoch,
         )
@@ -175,7 +227,7 @@ def run_finetune(
         raise InvalidInput(str(exc)) from None
     except CheckpointError as exc:
         raise ModelIntegrityError(str(exc)) from None
-    log.info("fine-tune by %s: %s (%s)", actor.username, result.version_id, result.reason)
+    log.info("fine-tune by %s: %s (%s)", started_by, result.version_id, result.reason)
     return result
 
 
@@ -200,10 +252,10 @@ def activate(
     _admin(session, actor, "activate model versions")
     reason = _clean_reason(reason)
     try:
-        record = registry.get_version(session, version_id)
+        record = model_versions.get_version(session, version_id)
     except LookupError:
         raise NotFound(f"There is no model version {version_id!r}.") from None
-    current = registry.active_version(session)
+    current = model_versions.active_version(session)
     if current is not None and current.id == record.id:
         raise InvalidInput(f"{record.id} is already the active version.")
     gate = record.gate
@@ -217,7 +269,7 @@ def activate(
         raise InvalidInput("Give a reason for overriding the evaluation gate.")
     text = f"override: {reason}" if override else (reason or "activated by an admin")
     try:
-        registry.activate(session, record.id, user_id=actor.user_id, username=actor.username, reason=text)
+        model_registry.activate(session, record.id, user_id=actor.user_id, username=actor.username, reason=text)
     except CheckpointError as exc:
         raise ModelIntegrityError(str(exc)) from None
     if override:
@@ -241,13 +293,13 @@ def rollback(session: Session, actor: Actor | None) -> ActivationResult:
         ModelIntegrityError: The earlier version's files do not match their recorded hash.
     """
     _admin(session, actor, "roll back the model")
-    current = registry.active_version(session)
-    target = registry.previous_active(session)
+    current = model_versions.active_version(session)
+    target = model_versions.previous_active(session)
     if current is None or target is None:
         raise InvalidInput("There is no earlier version to roll back to.")
-    text = f"{registry.ROLLBACK_PREFIX} from {current.id}"
+    text = f"{model_versions.ROLLBACK_PREFIX} from {current.id}"
     try:
-        registry.activate(session, target, user_id=actor.user_id, username=actor.username, reason=text)
+        model_registry.activate(session, target, user_id=actor.user_id, username=actor.username, reason=text)
     except CheckpointError as exc:
         raise ModelIntegrityError(str(exc)) from None
     log.info("%s rolled back from %s to %s", actor.username, current.id, target)
@@ -262,11 +314,11 @@ def active_model_dir(session: Session) -> Path | None:
     Raises:
         ModelIntegrityError: The active version's files are missing or were changed since registration.
     """
-    record = registry.active_version(session)
+    record = model_versions.active_version(session)
     if record is None:
         return None
     try:
-        return registry.verify(record)
+        return model_registry.verify(record)
     except CheckpointError as exc:
         raise ModelIntegrityError(str(exc)) from None
 
@@ -283,4 +335,5 @@ __all__ = [
     "new_reviewed_since_active",
     "rollback",
     "run_finetune",
+    "run_finetune_as_operator",
 ]

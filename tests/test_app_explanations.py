@@ -38,7 +38,7 @@ def attribution(code: str, versus: str | None) -> AttributionView:
 
 
 def test_explain_panel_shows_heatmaps_words_contrast_and_no_precedents(app_db, fake_classifier, monkeypatch):  # noqa: F811
-    from hs_model.nomenclature import get_nomenclature
+    from hs_core.nomenclature import get_nomenclature
 
     calls = []
 

@@ -293,8 +293,8 @@ def tiny_classifier():
     """A real `Classifier` (its encode / predict_features code) over tiny deterministic towers and a tiny head."""
     import torch
 
+    from hs_core.nomenclature import EDITION, get_nomenclature
     from hs_model.model import HeadConfig, HsJointModel, LabelBank, LabelSpace
-    from hs_model.nomenclature import EDITION, get_nomenclature
     from hs_model.predict import Classifier
     from hs_model.towers import ImageFeatures
 

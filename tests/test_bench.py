@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hs_model.bench import BenchConfig, percentiles, render_markdown, synthetic_images, synthetic_texts
+from hs_train.bench import BenchConfig, percentiles, render_markdown, synthetic_images, synthetic_texts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hs_model import datasets as ds
+from hs_train import datasets as ds
 
 DATA_DIR = Path(__file__).parents[1] / "../shared/data"
 needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason="needs ../shared/data (the shared data folder)")
@@ -98,7 +98,7 @@ def test_convert_hscodecomp_builds_the_baseline_text_and_keeps_every_row(tmp_pat
             json.dumps(_hscodecomp_record(2, 9999990000, product_attributes="not json")),
         ],
     )
-    with caplog.at_level(logging.INFO, logger="hs_model.datasets"):
+    with caplog.at_level(logging.INFO, logger="hs_train.datasets"):
         rows = ds.convert_hscodecomp(src)
     assert (
         rows[0]["text"]
@@ -221,7 +221,7 @@ def myntra_dir(tmp_path: Path) -> Path:
 
 
 def test_load_myntra_labels_by_article_type_and_gender(myntra_dir, caplog):
-    with caplog.at_level(logging.INFO, logger="hs_model.datasets"):
+    with caplog.at_level(logging.INFO, logger="hs_train.datasets"):
         examples = ds.load_myntra(myntra_dir)
     assert [(e.id, e.hs) for e in examples] == [("1", "6205"), ("2", "6206"), ("3", "6109")]
     assert examples[2].text == "Girls Red, Printed, T-shirt"  # extra commas joined back into the name
@@ -255,7 +255,7 @@ def test_load_uk_parcels_maps_codes_to_hs6_and_counts_drops(tmp_path, caplog):
             ["", "34025090"],
         ],
     )
-    with caplog.at_level(logging.INFO, logger="hs_model.datasets"):
+    with caplog.at_level(logging.INFO, logger="hs_train.datasets"):
         examples = ds.load_uk_parcels(tmp_path)
     assert [(e.text, e.hs) for e in examples] == [
         ("100 ariel pods", "340250"),

@@ -370,7 +370,7 @@ def test_predictions_during_an_explanation_are_unaffected(tiny):
 
 
 def test_cli_refuses_an_invalid_code_in_one_line(capsys, tmp_path):
-    from hs_model.cli import main
+    from hs_model.__main__ import main
 
     rc = main(
         [
@@ -471,7 +471,7 @@ def test_integrated_gradients_are_complete_on_the_real_model(real):
 
 @pytest.mark.slow
 def test_cli_writes_overlays_and_json(real, tmp_path, capsys, monkeypatch):
-    from hs_model import cli
+    from hs_model import __main__ as cli
 
     monkeypatch.setattr(cli, "_classifier", lambda args: real)
     shoe = tmp_path / "shoe.png"

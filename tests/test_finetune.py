@@ -13,15 +13,17 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
+from db import model_versions
 from db.models import AuditEvent, ModelActivation, ModelVersion
 from db.queries import add_user, create_line_item, find_user
-from hs_model import finetune, registry
 from hs_model.bank import with_extra_prototypes
 from hs_model.checkpoint import ModelCard, load_checkpoint
-from hs_model.finetune import FinetuneConfig, FinetuneError, GateScores, LabelledSet, decide, part_of
 from hs_model.model import HeadConfig, HsJointModel, LabelBank, LabelSpace
 from hs_model.predict import Features, load_trained_parts, trained_parts
-from services import decisions, models
+from hs_train import finetune
+from hs_train.finetune import FinetuneConfig, FinetuneError, GateScores, LabelledSet, decide, part_of
+from services import decisions, model_registry, models
+from services import finetune as finetune_service
 from services.auth import Actor
 from services.errors import InvalidInput, PermissionDenied
 from tests.test_model import CODES, C, E
@@ -224,7 +226,7 @@ def test_split_is_deterministic_and_roughly_70_10_20():
 def test_rejected_decisions_are_not_used_and_corrections_use_the_final_code(factory, model_env):
     made = seed_reviewed(factory, 4)
     with factory() as session:
-        items = finetune.collect_reviewed(session)
+        items = finetune_service.collect_reviewed(session)
     by_id = {i.line_item_id: i for i in items}
     assert set(by_id) == set(made["approved"]) | set(made["corrected"])
     assert not set(by_id) & set(made["rejected"])
@@ -235,7 +237,7 @@ def test_rejected_decisions_are_not_used_and_corrections_use_the_final_code(fact
 def test_features_are_cached_per_line_item_and_towers(factory, model_env):
     seed_reviewed(factory, 3, kinds=("approved",))
     with factory() as session:
-        items = finetune.collect_reviewed(session)
+        items = finetune_service.collect_reviewed(session)
     clf = model_env.classifier
     first, skipped = finetune.encode_items(clf, items)
     assert skipped == 0 and clf.encoded == 3
@@ -259,7 +261,7 @@ def test_an_unusable_item_is_skipped_not_the_whole_batch(factory, model_env):
 def test_finetune_writes_a_version_with_parent_data_hash_and_the_base_bank(factory, model_env):
     seed_reviewed(factory, 30, kinds=("approved", "corrected"))
     epochs = []
-    result = finetune.run(
+    result = finetune_service.run(
         factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None, on_epoch=epochs.append
     )
     assert [e["epoch"] for e in epochs] == list(range(1, TINY_CFG.epochs + 1))
@@ -273,7 +275,7 @@ def test_finetune_writes_a_version_with_parent_data_hash_and_the_base_bank(facto
     _, base = load_checkpoint(model_env.shipped)
     assert torch.equal(tensors["bank.emb"], base["bank.emb"]) and torch.equal(tensors["bank.code"], base["bank.code"])
     with factory() as session:
-        active = registry.active_version(session)
+        active = model_versions.active_version(session)
         assert session.get(ModelVersion, result.version_id).sha256 == card.weights_sha256
     assert result.activated == card.metrics["gate"]["activate"]
     assert (active.id == result.version_id) == result.activated
@@ -284,27 +286,29 @@ def test_finetune_writes_a_version_with_parent_data_hash_and_the_base_bank(facto
 
 def test_the_next_finetune_starts_again_from_the_shipped_model_unless_told(factory, model_env):
     seed_reviewed(factory, 30, kinds=("approved", "corrected"))
-    first = finetune.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None)
+    first = finetune_service.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None)
     assert first.activated, first.reason
     seed_reviewed(factory, 5, kinds=("rejected", "approved"))
-    second = finetune.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None)
+    second = finetune_service.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None)
     assert second.parent_id == "tiny-shipped" and second.compared_with == first.version_id
     assert second.decisions == 65
-    third = finetune.run(
+    third = finetune_service.run(
         factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None, base_id=first.version_id
     )
     assert third.parent_id == first.version_id
     with pytest.raises(FinetuneError, match="no model version 'nope'"):
-        finetune.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None, base_id="nope")
+        finetune_service.run(
+            factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None, base_id="nope"
+        )
 
 
 def test_a_kept_version_records_why_in_its_card_and_an_audit_event(factory, model_env, monkeypatch):
     seed_reviewed(factory, 20, kinds=("approved",))
     monkeypatch.setattr(finetune, "decide", lambda c, a, t: decide(c, a, t).__class__(False, "kept: test", c, a, t))
-    result = finetune.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None)
+    result = finetune_service.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None)
     assert not result.activated
     with factory() as session:
-        assert registry.active_version(session).id == "tiny-shipped"
+        assert model_versions.active_version(session).id == "tiny-shipped"
         event = session.scalars(select(AuditEvent).where(AuditEvent.action == "model_kept")).one()
         assert event.detail == {"version_id": result.version_id, "reason": "kept: test"}
     card, _ = load_checkpoint(model_env.root / result.version_id)
@@ -319,12 +323,12 @@ def test_benchmark_rows_take_part_in_the_gate(factory, model_env):
                  torch.zeros(len(CODES), dtype=bool)),
         tuple(CODES),
     )  # fmt: skip
-    result = finetune.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=bench)
+    result = finetune_service.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=bench)
     gate = result.metrics["gate"]
     assert gate["candidate"]["benchmark_rows"] == len(CODES) and gate["active"]["benchmark"] is not None
     cached = list((Path(os.environ["HS_CACHE_DIR"]) / "gate").glob("*.json"))
     assert len(cached) == 1  # the active version's benchmark score, reused by the next run
-    again = finetune.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=bench)
+    again = finetune_service.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=bench)
     if again.compared_with == result.compared_with:
         assert again.metrics["gate"]["active"]["benchmark"] == gate["active"]["benchmark"]
 
@@ -332,7 +336,7 @@ def test_benchmark_rows_take_part_in_the_gate(factory, model_env):
 def test_an_interrupted_finetune_leaves_registry_and_database_untouched(factory, model_env):
     seed_reviewed(factory, 20, kinds=("approved",))
     with factory.begin() as session:
-        registry.ensure_default_registered(session)
+        model_registry.ensure_default_registered(session)
     before_dirs = entries(model_env.root)
     before = counts(factory)
 
@@ -341,40 +345,44 @@ def test_an_interrupted_finetune_leaves_registry_and_database_untouched(factory,
             raise KeyboardInterrupt("the admin closed the tab")
 
     with pytest.raises(KeyboardInterrupt):
-        finetune.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None, on_epoch=stop)
+        finetune_service.run(
+            factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None, on_epoch=stop
+        )
     assert entries(model_env.root) == before_dirs  # no half-written version folder
     assert counts(factory) == before
     with factory() as session:
-        assert registry.active_version(session).id == "tiny-shipped"
+        assert model_versions.active_version(session).id == "tiny-shipped"
     # and the lock was released: the next run works
-    assert finetune.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None).version_id
+    assert finetune_service.run(
+        factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None
+    ).version_id
 
 
 def test_a_database_failure_after_training_removes_the_new_folder(factory, model_env, monkeypatch):
     seed_reviewed(factory, 20, kinds=("approved",))
     with factory.begin() as session:
-        registry.ensure_default_registered(session)
+        model_registry.ensure_default_registered(session)
     before_dirs = entries(model_env.root)
 
     def broken(*args, **kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(registry, "register_folder", broken)
+    monkeypatch.setattr(model_registry, "register_folder", broken)
     with pytest.raises(RuntimeError):
-        finetune.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None)
+        finetune_service.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None)
     assert entries(model_env.root) == before_dirs
 
 
 def test_too_few_decisions_is_refused_before_any_work(factory, model_env):
     seed_reviewed(factory, 2, kinds=("approved",))
     with pytest.raises(FinetuneError, match="at least 5"):
-        finetune.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None)
+        finetune_service.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None)
     assert model_env.classifier.encoded == 0
 
 
 def test_only_one_finetune_at_a_time(model_env):
-    with finetune.exclusive(model_env.root), pytest.raises(FinetuneError, match="Another fine-tune"):  # noqa: SIM117
-        with finetune.exclusive(model_env.root):
+    with finetune_service.exclusive(model_env.root), pytest.raises(FinetuneError, match="Another fine-tune"):  # noqa: SIM117
+        with finetune_service.exclusive(model_env.root):
             pass
 
 
@@ -457,7 +465,8 @@ def test_service_refuses_with_clear_messages(factory, model_env):
 def test_cli_finetune_json(app_db, factory, model_env, monkeypatch, capsys):
     import json
 
-    from hs_model import cli, predict
+    from hs_model import __main__ as cli
+    from hs_model import predict
 
     seed_reviewed(factory, 30, kinds=("approved", "corrected", "rejected"))
     monkeypatch.setattr(predict, "Classifier", lambda model_dir=None: TinyClassifier())
@@ -467,7 +476,7 @@ def test_cli_finetune_json(app_db, factory, model_env, monkeypatch, capsys):
     assert out["decisions"] == 60 and out["parent_id"] == "tiny-shipped" and out["version_id"].startswith("ft-")
     assert "benchmark not available" in out["reason"]
     with factory() as session:
-        assert registry.get_version(session, out["version_id"]).created_by == find_user(session, "ada").id
+        assert model_versions.get_version(session, out["version_id"]).created_by == find_user(session, "ada").id
 
 
 @pytest.mark.parametrize(
@@ -478,7 +487,7 @@ def test_cli_finetune_json(app_db, factory, model_env, monkeypatch, capsys):
     ],
 )
 def test_cli_user_errors_are_one_line(app_db, factory, model_env, capsys, args, needle):
-    from hs_model import cli
+    from hs_model import __main__ as cli
 
     seed_reviewed(factory, 1, kinds=("approved",))
     if args[0] == "finetune":
@@ -527,7 +536,7 @@ def test_real_towers_finetune_and_serve_the_new_version(factory, tmp_path, monke
                 decisions.submit(session, broker, item.id, code)
                 decisions.approve(session, reviewer, item.id)
     clf = Classifier(None)
-    result = finetune.run(factory, clf, started_by="test", benchmark=None, cfg=FinetuneConfig(min_decisions=5))
+    result = finetune_service.run(factory, clf, started_by="test", benchmark=None, cfg=FinetuneConfig(min_decisions=5))
     assert result.decisions == 20 and result.skipped == 0
     folder = tmp_path / "registry" / result.version_id
     _, tensors = load_checkpoint(folder)
@@ -541,7 +550,7 @@ def test_real_towers_finetune_and_serve_the_new_version(factory, tmp_path, monke
 def test_the_fast_text_only_path_gives_the_same_gradients():
     """Adapter, scale and level weights frozen: text-only batches skip the backward pass through the label
     similarities and reuse each row's memoised retrieval score; logits and gradients stay the same."""
-    from hs_model.losses import hierarchical_nll
+    from hs_train.losses import hierarchical_nll
 
     plain = TinyClassifier().model.train()
     for p in (plain.text_adapter.weight, plain.text_adapter.bias, plain.logit_scale, plain.level_weight):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hs_model import label_texts as lt
+from hs_train import label_texts as lt
 
 DATA_DIR = Path(__file__).parents[1] / "../shared/data"
 needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason="needs ../shared/data (the shared data folder)")

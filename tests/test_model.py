@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from hs_model.calibration import choose_threshold, fit_temperature
 from hs_model.checkpoint import CheckpointError, ModelCard, load_checkpoint, save_checkpoint
-from hs_model.evaluate import expected_calibration_error, macro_prf
-from hs_model.losses import ClipLoss, hierarchical_nll
 from hs_model.model import HeadConfig, HsJointModel, LabelBank, LabelSpace
 from hs_model.predict import load_trained_parts, trained_parts
+from hs_train.calibration import choose_threshold, fit_temperature
+from hs_train.evaluate import expected_calibration_error, macro_prf
+from hs_train.losses import ClipLoss, hierarchical_nll
 
 CODES = ["610910", "610990", "620520", "620530", "640411", "640419", "420221"]
 E, C = 16, 24
@@ -129,7 +129,7 @@ def test_threshold_meets_target_accuracy():
 
 
 def test_a_small_dataset_weighs_as_much_as_a_large_one():
-    from hs_model.calibration import dataset_weights
+    from hs_train.calibration import dataset_weights
 
     # 8 confident, correct apparel rows; 2 general-goods rows, one wrong at 0.6, one right at 0.5
     conf = np.array([0.99] * 8 + [0.6, 0.5])
@@ -172,7 +172,7 @@ def test_checkpoint_round_trip_and_tamper_refusal(tmp_path):
 
 
 def test_within_heading_kl_only_sees_the_split_inside_the_gold_heading():
-    from hs_model.losses import within_heading_kl
+    from hs_train.losses import within_heading_kl
 
     sub_to_head = torch.tensor([0, 0, 0, 1, 1])
     teacher = torch.tensor([[2.0, 0.0, -1.0, 5.0, 5.0]])

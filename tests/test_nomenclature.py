@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from hs_model.nomenclature import EDITION, HsCode, InvalidCode, Nomenclature, get_nomenclature
+from hs_core.nomenclature import EDITION, HsCode, InvalidCode, Nomenclature, get_nomenclature
 
 DATA_DIR = Path(__file__).parents[1] / "../shared/data"
 needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason="needs ../shared/data (the shared data folder)")

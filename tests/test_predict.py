@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
+from hs_core.nomenclature import get_nomenclature
 from hs_model.errors import InputError
-from hs_model.nomenclature import get_nomenclature
 from hs_model.predict import Classifier, Query
 
 pytestmark = pytest.mark.slow

@@ -9,10 +9,11 @@ import pytest
 import torch
 from sqlalchemy import select
 
+from db import model_versions
 from db.models import AuditEvent, ModelActivation
-from hs_model import registry
+from hs_model import model_store
 from hs_model.checkpoint import CheckpointError, ModelCard
-from services import models
+from services import model_registry, models
 from tests.test_finetune import actors, factory, model_env, tiny_card  # noqa: F401 - pytest fixtures
 
 
@@ -27,31 +28,38 @@ def card(version: str, parent: str | None = None) -> ModelCard:
     return c
 
 
-def add_version(session, root, version: str, parent: str | None = None, seed: int = 0) -> registry.VersionRecord:
-    folder, _ = registry.write_version(tensors(seed), card(version, parent), root)
-    return registry.register_folder(session, folder)
+def add_version(session, root, version: str, parent: str | None = None, seed: int = 0) -> model_versions.VersionRecord:
+    folder, _ = model_store.write_version(tensors(seed), card(version, parent), root)
+    return model_registry.register_folder(session, folder)
 
 
 def test_round_trip_save_load_activate_roll_back(factory, model_env):  # noqa: F811
     root = model_env.root
     with factory.begin() as session:
-        shipped = registry.ensure_default_registered(session)
-        assert shipped.id == "tiny-shipped" and registry.active_version(session).id == "tiny-shipped"
+        shipped = model_registry.ensure_default_registered(session)
+        assert shipped.id == "tiny-shipped" and model_versions.active_version(session).id == "tiny-shipped"
         assert (root / "tiny-shipped" / "weights.safetensors").is_file()  # a copy: later releases change nothing
         v2 = add_version(session, root, "v2", parent="tiny-shipped", seed=1)
         v3 = add_version(session, root, "v3", parent="v2", seed=2)
         assert v2.status == "candidate" and v3.parent_id == "v2"
-        loaded_card, loaded = registry.load_version(session, "v2")
+        loaded_card, loaded = model_registry.load_version(session, "v2")
         assert loaded_card.parent == "tiny-shipped" and torch.equal(loaded["head.w"], tensors(1)["head.w"])
-        registry.activate(session, "v2", user_id=None, username="ada", reason="better")
-        registry.activate(session, "v3", user_id=None, username="ada", reason="better still")
-        assert registry.active_version(session).id == "v3"
-        assert registry.previous_active(session) == "v2"
-        registry.activate(session, "v2", user_id=None, username="ada", reason=f"{registry.ROLLBACK_PREFIX} from v3")
-        assert registry.previous_active(session) == "tiny-shipped"  # a stack, not a toggle between the last two
-        registry.activate(session, "tiny-shipped", user_id=None, username="ada", reason=registry.ROLLBACK_PREFIX)
-        assert registry.active_version(session).id == "tiny-shipped" and registry.previous_active(session) is None
-        statuses = {v.id: v.status for v in registry.list_versions(session)}
+        model_registry.activate(session, "v2", user_id=None, username="ada", reason="better")
+        model_registry.activate(session, "v3", user_id=None, username="ada", reason="better still")
+        assert model_versions.active_version(session).id == "v3"
+        assert model_versions.previous_active(session) == "v2"
+        model_registry.activate(
+            session, "v2", user_id=None, username="ada", reason=f"{model_versions.ROLLBACK_PREFIX} from v3"
+        )
+        assert model_versions.previous_active(session) == "tiny-shipped"  # a stack, not a toggle between the last two
+        model_registry.activate(
+            session, "tiny-shipped", user_id=None, username="ada", reason=model_versions.ROLLBACK_PREFIX
+        )
+        assert (
+            model_versions.active_version(session).id == "tiny-shipped"
+            and model_versions.previous_active(session) is None
+        )
+        statuses = {v.id: v.status for v in model_versions.list_versions(session)}
     assert statuses == {"tiny-shipped": "active", "v2": "retired", "v3": "retired"}
     with factory() as session:
         log = session.scalars(select(ModelActivation.version_id).order_by(ModelActivation.id)).all()
@@ -63,8 +71,8 @@ def test_round_trip_save_load_activate_roll_back(factory, model_env):  # noqa: F
 def test_first_version_is_zero_shot_when_nothing_is_shipped(factory, model_env, monkeypatch, tmp_path):  # noqa: F811
     monkeypatch.setenv("HS_MODEL_DIR", str(tmp_path / "nothing-here"))
     with factory.begin() as session:
-        first = registry.ensure_default_registered(session)
-        again = registry.ensure_default_registered(session)
+        first = model_registry.ensure_default_registered(session)
+        again = model_registry.ensure_default_registered(session)
         folder = models.active_model_dir(session)
     assert first.id == again.id == "zero-shot-v1" and first.card["kind"] == "zero-shot"
     assert folder is not None and (folder / "card.json").is_file() and not (folder / "weights.safetensors").exists()
@@ -73,14 +81,14 @@ def test_first_version_is_zero_shot_when_nothing_is_shipped(factory, model_env, 
 def test_tampered_weights_are_refused_with_a_clear_error(factory, model_env):  # noqa: F811
     with factory.begin() as session:
         add_version(session, model_env.root, "v2")
-        registry.activate(session, "v2", user_id=None, username=None, reason="")
+        model_registry.activate(session, "v2", user_id=None, username=None, reason="")
     weights = model_env.root / "v2" / "weights.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
     with factory() as session:
         with pytest.raises(CheckpointError, match="do not match the hash recorded"):
-            registry.load_version(session, "v2")
+            model_registry.load_version(session, "v2")
         with pytest.raises(models.ModelIntegrityError, match="v2 do not match the hash recorded"):
             models.active_model_dir(session)
 
@@ -89,11 +97,11 @@ def test_a_card_and_weights_swapped_together_are_still_refused(factory, model_en
     """The card carries its own hash, so an attacker rewrites both: the database's hash still catches it."""
     with factory.begin() as session:
         add_version(session, model_env.root, "v2", seed=1)
-    other, _ = registry.write_version(tensors(9), card("v2-evil"), model_env.root)
+    other, _ = model_store.write_version(tensors(9), card("v2-evil"), model_env.root)
     for name in ("weights.safetensors", "card.json"):
         os.replace(other / name, model_env.root / "v2" / name)
     with factory() as session, pytest.raises(CheckpointError, match="do not match the hash recorded"):
-        registry.load_version(session, "v2")
+        model_registry.load_version(session, "v2")
 
 
 def test_missing_files_are_reported(factory, model_env):  # noqa: F811
@@ -102,21 +110,21 @@ def test_missing_files_are_reported(factory, model_env):  # noqa: F811
     (model_env.root / "v2" / "weights.safetensors").unlink()
     (model_env.root / "v2" / "card.json").unlink()
     with pytest.raises(CheckpointError, match="missing"):
-        registry.verify(rec)
+        model_registry.verify(rec)
 
 
 def test_versions_are_written_once_and_atomically(model_env, monkeypatch):  # noqa: F811
     root = model_env.root
-    registry.write_version(tensors(), card("v2"), root)
+    model_store.write_version(tensors(), card("v2"), root)
     with pytest.raises(FileExistsError):
-        registry.write_version(tensors(), card("v2"), root)
+        model_store.write_version(tensors(), card("v2"), root)
 
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(registry, "save_checkpoint", crash)
+    monkeypatch.setattr(model_store, "save_checkpoint", crash)
     with pytest.raises(OSError, match="disk full"):
-        registry.write_version(tensors(), card("v3"), root)
+        model_store.write_version(tensors(), card("v3"), root)
     assert sorted(p.name for p in root.iterdir()) == ["v2"]  # neither v3 nor its temporary folder
 
 
@@ -128,10 +136,10 @@ def test_stale_temporary_folders_of_crashed_writers_are_swept(model_env):  # noq
     fresh.mkdir()
     old = time.time() - 2 * 3600
     os.utime(stale, (old, old))
-    registry.write_version(tensors(), card("v2"), root)
+    model_store.write_version(tensors(), card("v2"), root)
     assert not stale.exists() and fresh.exists()  # a fresh one may belong to a writer still at work
 
 
 def test_new_version_ids_are_unique_and_sortable():
-    ids = [registry.new_version_id() for _ in range(50)]
+    ids = [model_store.new_version_id() for _ in range(50)]
     assert len(set(ids)) == 50 and all(i.startswith("ft-") for i in ids)

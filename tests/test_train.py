@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from hs_model.train import FeatureSet, TrainConfig, accuracy, calibrate, fit
+from hs_train.train import FeatureSet, TrainConfig, accuracy, calibrate, fit
 from tests.test_model import CODES, C, E, tiny_model
 
 

@@ -6,7 +6,7 @@ import io
 import json
 from pathlib import Path
 
-from hs_model.config import DEFAULT_MODEL_DIR
+from hs_core.settings import DEFAULT_MODEL_DIR
 from tests.ui import REPO_ROOT
 
 PASSWORD = "correct horse battery"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from db import model_versions
 from db.queries import find_user
-from hs_model import registry
-from hs_model.finetune import FinetuneConfig
+from hs_train.finetune import FinetuneConfig
 from services import decisions
 from services.auth import Actor
 from tests.browser.helpers import MODEL_TIMEOUT_MS, PASSWORD
@@ -87,7 +87,7 @@ WATCH_PROGRESS = """
 
 def active_version(app_db) -> str:
     with app_db.factory() as session:
-        return registry.active_version(session).id
+        return model_versions.active_version(session).id
 
 
 @needs_chromium
@@ -116,7 +116,7 @@ def test_admin_finetunes_activates_and_rolls_back(app_db, page):
     expect(page.locator("[data-testid='stVegaLiteChart']").first).to_be_visible()
     new_version = next(w for w in outcome.inner_text().split() if w.startswith("ft-")).rstrip(":")
     with app_db.factory() as session:
-        record = registry.get_version(session, new_version)
+        record = model_versions.get_version(session, new_version)
     assert record.parent_id == "zero-shot-v1" and record.card["training"]["data"]["count"] == 3 * len(PRODUCTS)
 
     if active_version(app_db) != new_version:  # the gate kept it back: the admin overrides, with a reason

@@ -10,9 +10,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
-from db.engine import REPO_ROOT, make_engine, upgrade
+from db.engine import make_engine, upgrade
 from db.models import Base
 from db.testing import fresh_database
+from hs_core.settings import REPO_ROOT
 
 EXPECTED_TABLES = {
     "users",

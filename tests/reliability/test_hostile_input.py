@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from sqlalchemy import inspect, select
 
 from db.models import Decision, LineItem
+from hs_core.nomenclature import HsCode, InvalidCode
 from hs_model.config import LIMITS
 from hs_model.errors import InputError
-from hs_model.nomenclature import HsCode, InvalidCode
 from hs_model.predict import clean_text, validate_query
 from services import decisions
 from services.auth import authenticate

@@ -268,7 +268,7 @@ def cold_start(model_dir: Path | None, device: str) -> dict[str, Any]:
     """
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    command = [sys.executable, "-m", "hs_model.bench", "--cold-child", str(model_dir or "zero-shot"), device]
+    command = [sys.executable, "-m", "hs_train.bench", "--cold-child", str(model_dir or "zero-shot"), device]
     t0 = time.time()
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900, check=False)
     if proc.returncode != 0:

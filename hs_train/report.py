@@ -18,10 +18,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hs_model.config import cache_dir
-from hs_model.datasets import Example, convert_atlas, convert_hscodecomp, load_eval_jsonl, load_myntra, write_eval_jsonl
-from hs_model.evaluate import Modality, RowResult, encode_rows, evaluate_rows, score_rows
-from hs_model.features import myntra_image_features
 from hs_model.predict import Classifier, Features
+from hs_train.datasets import Example, convert_atlas, convert_hscodecomp, load_eval_jsonl, load_myntra, write_eval_jsonl
+from hs_train.evaluate import Modality, RowResult, encode_rows, evaluate_rows, score_rows
+from hs_train.features import myntra_image_features
 
 log = logging.getLogger(__name__)
 

@@ -22,14 +22,14 @@ import numpy as np
 import torch
 
 from hs_model.bank import DEFAULT_BRIDGE_PROMPT, build_official_bank, with_extra_prototypes
-from hs_model.calibration import choose_threshold, dataset_weights
 from hs_model.checkpoint import ModelCard, save_checkpoint
-from hs_model.datasets import split_of
-from hs_model.features import cached_text_embeddings, myntra_image_features
-from hs_model.losses import ClipLoss, hierarchical_nll, within_heading_kl
 from hs_model.model import HeadConfig, HsJointModel, LabelSpace
 from hs_model.predict import trained_parts
 from hs_model.towers import ImageTower, TextTower
+from hs_train.calibration import choose_threshold, dataset_weights
+from hs_train.datasets import split_of
+from hs_train.features import cached_text_embeddings, myntra_image_features
+from hs_train.losses import ClipLoss, hierarchical_nll, within_heading_kl
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ class Trainer:
     """Builds the feature pools once, then trains, calibrates and saves."""
 
     def __init__(self, data_dir: Path, cfg: TrainConfig = TrainConfig()) -> None:
-        from hs_model.nomenclature import EDITION, get_nomenclature
+        from hs_core.nomenclature import EDITION, get_nomenclature
 
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
@@ -270,7 +270,7 @@ class Trainer:
     # -- label bank -------------------------------------------------------------------------------------------
     def _extra_bank(self) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Tariff lines and common names (beyond the official text) as further prototypes, capped per code."""
-        from hs_model.label_texts import code_texts
+        from hs_train.label_texts import code_texts
 
         texts, codes = [], []
         for code, items in code_texts(self.data_dir, max_per_code=3 * self.cfg.bank_texts_per_code).items():
@@ -306,7 +306,7 @@ class Trainer:
 
     def myntra_views(self, split: str) -> dict[str, FeatureSet]:
         """Myntra products of one split as views: full (title + photo), text, image, brand (first word + photo)."""
-        from hs_model.datasets import load_myntra
+        from hs_train.datasets import load_myntra
 
         img, row_of = myntra_image_features(self.image_tower, self.data_dir)
         rows = [e for e in load_myntra(self.data_dir, split) if e.images and e.id in row_of]
@@ -334,7 +334,7 @@ class Trainer:
         }
 
     def uk_parcels(self, split: str) -> FeatureSet:
-        from hs_model.datasets import load_uk_parcels
+        from hs_train.datasets import load_uk_parcels
 
         rows = [e for e in load_uk_parcels(self.data_dir) if split_of(e.text or e.id) == split]
         return self._text_pool([e.text or "" for e in rows], [e.hs for e in rows], f"uk-{split}")

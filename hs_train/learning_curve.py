@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
-from hs_model.datasets import Example, load_uk_parcels, load_uk_weak, split_of
-from hs_model.finetune import (
+from hs_model.predict import Features
+from hs_train.datasets import Example, load_uk_parcels, load_uk_weak, split_of
+from hs_train.finetune import (
     BaseModel,
     FinetuneConfig,
     LabelledSet,
@@ -38,7 +39,6 @@ from hs_model.finetune import (
     predicted_codes,
     top1,
 )
-from hs_model.predict import Features
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def build_pool(data_dir: Path, cfg: CurveConfig, exclude_texts: set[str] = froze
 
 def encode_examples(classifier, examples: Sequence[Example], tag: str) -> LabelledSet:
     """Text-only features (cached on disk by tower and content)."""
-    from hs_model.features import cached_text_embeddings
+    from hs_train.features import cached_text_embeddings
 
     texts = [" ".join((e.text or "").split()) for e in examples]
     emb = cached_text_embeddings(classifier.text_tower, texts, tag)
@@ -168,7 +168,7 @@ def run_learning_curve(
     benchmark = load_benchmark(classifier, data_dir)
     bench_texts: set[str] = set()  # never let an evaluation text into the simulated decisions
     if benchmark is not None:
-        from hs_model.datasets import convert_atlas, convert_hscodecomp
+        from hs_train.datasets import convert_atlas, convert_hscodecomp
 
         eval_dir = data_dir / "eval"
         rows = convert_hscodecomp(eval_dir / "hscodecomp.jsonl") + convert_atlas(eval_dir / "atlas_validation.jsonl")

@@ -3,7 +3,7 @@
 Reviewed items (approved or corrected; the reviewer's final code is the label, rejected items never count)
 go through the frozen towers once (features cached per line item and towers), are split by the md5 of the
 line item id into train / calibration / held-out parts, and the base version's small parts are trained for
-a few epochs with `hs_model.train.fit` (its label bank carried over unchanged). The gate compares the new
+a few epochs with `hs_train.train.fit` (its label bank carried over unchanged). The gate compares the new
 version with the active one on (a) the held-out reviewed items and (b) a fixed public benchmark, and the
 new version is written to the registry either way, activated only when the gate says so.
 """
@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,13 +26,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from hs_core.settings import DEFAULT_DATA_DIR
 from hs_model.checkpoint import ModelCard, load_checkpoint
-from hs_model.config import DEFAULT_DATA_DIR, cache_dir
-from hs_model.datasets import split_of
+from hs_model.config import cache_dir
 from hs_model.errors import InputError
 from hs_model.model import HsJointModel, LabelSpace, ModelOutput
 from hs_model.predict import Features, Query, trained_parts
-from hs_model.train import FeatureSet, TrainConfig, calibrate, fit
+from hs_train.datasets import split_of
+from hs_train.train import FeatureSet, TrainConfig, calibrate, fit
 
 log = logging.getLogger(__name__)
 
@@ -96,25 +95,6 @@ class ReviewedItem:
     code: str
     text: str
     photos: tuple[Path, ...] = ()
-
-
-def collect_reviewed(session, photo_root: Path | None = None) -> list[ReviewedItem]:
-    """Every line item whose current decision is approved or corrected (rejected and pending are left out)."""
-    from db.photos import PhotoPathError, resolve_photo
-    from db.worklists import reviewed_examples
-
-    items = []
-    for ex in reviewed_examples(session):
-        if ex.kind not in ("approved", "corrected") or not ex.code:
-            continue
-        photos = []
-        for rel in ex.photo_paths:
-            try:
-                photos.append(resolve_photo(photo_root, rel))
-            except PhotoPathError as exc:
-                log.warning("line item %s: %s", ex.line_item_id, exc)
-        items.append(ReviewedItem(ex.line_item_id, ex.decision_id, ex.code, ex.description or "", tuple(photos)))
-    return items
 
 
 def data_fingerprint(items: Sequence[ReviewedItem]) -> dict[str, Any]:
@@ -261,9 +241,9 @@ def load_benchmark(classifier, data_dir: Path | None = None) -> LabelledSet | No
 
     Evaluation only: these rows are never trained on.
     """
-    from hs_model.datasets import convert_atlas, convert_hscodecomp
-    from hs_model.features import cached_text_embeddings
     from hs_model.predict import clean_text
+    from hs_train.datasets import convert_atlas, convert_hscodecomp
+    from hs_train.features import cached_text_embeddings
 
     eval_dir = Path(data_dir or DEFAULT_DATA_DIR) / "eval"
     files = (eval_dir / "hscodecomp.jsonl", eval_dir / "atlas_validation.jsonl")
@@ -641,150 +621,3 @@ def finetune_and_gate(
     )
     log.info("fine-tune %s from %s: %s", version, base.version, decision.reason)
     return Outcome(card, tensors, decision, history, model, seconds)
-
-
-# -- the whole run against a database -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FinetuneResult:
-    """What an admin (or the CLI) is told after a fine-tune."""
-
-    version_id: str
-    parent_id: str
-    compared_with: str
-    activated: bool
-    reason: str
-    decisions: int
-    parts: dict[str, int]
-    skipped: int
-    metrics: dict[str, Any]
-    history: list[dict]
-    seconds: dict[str, float]
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@contextlib.contextmanager
-def exclusive(root: Path) -> Iterator[None]:
-    """One fine-tune at a time per registry (they would fight over the two CPU cores anyway)."""
-    root.mkdir(parents=True, exist_ok=True)
-    with (root / ".finetune.lock").open("w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FinetuneError("Another fine-tune is running; wait for it to finish.") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def run(
-    session_factory,
-    classifier,
-    *,
-    started_by: str,
-    user_id: int | None = None,
-    base_id: str | None = None,
-    cfg: FinetuneConfig = FinetuneConfig(),
-    data_dir: Path | None = None,
-    photo_root: Path | None = None,
-    root: Path | None = None,
-    benchmark: LabelledSet | None | Literal["load"] = "load",
-    on_epoch: Callable[[dict], None] | None = None,
-) -> FinetuneResult:
-    """Fine-tune on the database's reviewed decisions, write the new version and let the gate decide.
-
-    Nothing is written until training and evaluation succeeded: an exception before that (an interrupted
-    run) leaves the registry folder and the database exactly as they were.
-
-    Raises:
-        FinetuneError: Too few decisions, unknown base version, or another fine-tune running.
-        CheckpointError: The base or active version's files fail their hash check.
-    """
-    from db.engine import run_transaction
-    from db.queries import add_audit_event
-    from hs_model import registry
-
-    root = root or registry.registry_root()
-    t0 = time.perf_counter()
-
-    def prepare(session):
-        active = registry.ensure_default_registered(session, root=root)
-        try:
-            base = registry.get_version(session, base_id) if base_id else registry.lineage_root(session, active)
-        except LookupError as exc:
-            raise FinetuneError(str(exc)) from None
-        return active, base, collect_reviewed(session, photo_root)
-
-    with exclusive(root):
-        active_rec, base_rec, items = run_transaction(session_factory, prepare)
-        if len(items) < cfg.min_decisions:
-            raise FinetuneError(
-                f"Only {len(items)} reviewed decision(s) so far; at least {cfg.min_decisions} are needed to fine-tune."
-            )
-        base = load_base(classifier, registry.verify(base_rec), base_rec.sha256)
-        active = (
-            base
-            if active_rec.id == base_rec.id
-            else load_base(classifier, registry.verify(active_rec), active_rec.sha256)
-        )
-        reviewed, skipped = encode_items(classifier, items)
-        if not len(reviewed):
-            raise FinetuneError("None of the reviewed items could be read (no usable description or photo).")
-        t_enc = time.perf_counter()
-        bench = load_benchmark(classifier, data_dir) if benchmark == "load" else benchmark
-        t_bench = time.perf_counter()
-        version = registry.new_version_id()
-        outcome = finetune_and_gate(
-            base,
-            active,
-            reviewed,
-            benchmark=bench,
-            cfg=cfg,
-            version=version,
-            started_by=started_by,
-            data={**data_fingerprint(items), "skipped_unreadable": skipped},
-            on_epoch=on_epoch,
-        )
-        folder, card = registry.write_version(outcome.tensors, outcome.card, root)
-        decision = outcome.decision
-
-        def record(session):
-            rec = registry.register_folder(session, folder, created_by=user_id)
-            current = registry.active_version(session)
-            if decision.activate and current is not None and current.id == active_rec.id:
-                registry.activate(session, rec.id, user_id=user_id, username=started_by, reason=decision.reason)
-                return True, decision.reason
-            reason = decision.reason
-            if decision.activate:  # someone switched versions while this one trained: theirs stands
-                reason = f"kept, not activated: the active version changed to {current.id if current else None} during the fine-tune"
-            add_audit_event(
-                session,
-                action="model_kept",
-                user_id=user_id,
-                username=started_by,
-                detail={"version_id": rec.id, "reason": reason},
-            )
-            return False, reason
-
-        try:
-            activated, reason = run_transaction(session_factory, record)
-        except BaseException:
-            registry.remove_version_folder(folder)
-            raise
-    seconds = {"encode": t_enc - t0, "benchmark": t_bench - t_enc, **outcome.seconds,
-               "total": time.perf_counter() - t0}  # fmt: skip
-    return FinetuneResult(
-        version_id=card.version,
-        parent_id=base.version,
-        compared_with=active.version,
-        activated=activated,
-        reason=reason,
-        decisions=len(items),
-        parts=card.training["data"]["parts"],
-        skipped=skipped,
-        metrics=card.metrics,
-        history=outcome.history,
-        seconds=seconds,
-    )

@@ -10,10 +10,10 @@ from typing import Literal
 
 import numpy as np
 
-from hs_model.datasets import Example
 from hs_model.errors import InputError
 from hs_model.images import ImageError, load_image
 from hs_model.predict import LEVELS, Classifier, Features, Prediction, Query
+from hs_train.datasets import Example
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hs_model.nomenclature import get_nomenclature
+from hs_core.nomenclature import get_nomenclature
 
 logger = logging.getLogger(__name__)
 

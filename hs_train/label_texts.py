@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from hs_model.nomenclature import get_nomenclature
+from hs_core.nomenclature import get_nomenclature
 
 logger = logging.getLogger(__name__)
 
