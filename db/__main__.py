@@ -15,8 +15,9 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from db.decision_log import DecisionFilter
 from db.engine import default_db_url, make_engine, make_session_factory, run_transaction, upgrade
-from db.export import FORMATS, export_decision_log, record_export, write_atomic
+from db.export import FORMATS, export_decision_log, record_export
 from db.models import DECISION_KINDS, ROLES
+from hs_core.files import atomic_write_bytes
 from hs_core.settings import get_settings
 
 log = logging.getLogger("db")
@@ -109,7 +110,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             sys.stdout.flush()
         else:
             try:
-                write_atomic(out, data)
+                atomic_write_bytes(out, data)
             except OSError as exc:
                 raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
         destination = "-" if to_stdout else str(out)

@@ -5,28 +5,19 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
 from db.decision_log import LOG_COLUMNS, DecisionFilter, decision_log
 from db.queries import add_audit_event
+from hs_core.text import neutralise_formula
 
 ExportFormat = Literal["csv", "jsonl", "parquet"]
 FORMATS: tuple[str, ...] = ("csv", "jsonl", "parquet")
 CONTENT_TYPES = {"csv": "text/csv", "jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet"}
-# OWASP CSV injection: a spreadsheet evaluates cells that start with these.
-_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
-
-def neutralise_cell(value: str) -> str:
-    """Prefix a single quote to text a spreadsheet would run as a formula (OWASP CSV injection)."""
-    return "'" + value if value.startswith(_FORMULA_PREFIXES) else value
 
 
 def _csv_cell(value: Any) -> str:
@@ -38,7 +29,7 @@ def _csv_cell(value: Any) -> str:
         return value.isoformat()
     if isinstance(value, int | float):
         return repr(value)
-    return neutralise_cell(str(value))
+    return neutralise_formula(str(value))
 
 
 def _json_value(value: Any) -> Any:
@@ -133,18 +124,3 @@ def record_export(
     if out is not None:
         detail["out"] = out
     add_audit_event(session, action="export", user_id=user_id, username=username, detail=detail)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

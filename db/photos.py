@@ -5,26 +5,14 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from hs_core.files import atomic_write_bytes
+from hs_core.limits import LIMITS, sniff_image
 from hs_core.settings import get_settings
 
 log = logging.getLogger(__name__)
-
-# Magic bytes -> (extension, mime). Only image formats the model can read are accepted.
-_SIGNATURES: tuple[tuple[bytes, int, str, str], ...] = (
-    (b"\xff\xd8\xff", 0, "jpg", "image/jpeg"),
-    (b"\x89PNG\r\n\x1a\n", 0, "png", "image/png"),
-    (b"GIF87a", 0, "gif", "image/gif"),
-    (b"GIF89a", 0, "gif", "image/gif"),
-    (b"BM", 0, "bmp", "image/bmp"),
-    (b"II*\x00", 0, "tif", "image/tiff"),
-    (b"MM\x00*", 0, "tif", "image/tiff"),
-)
-MAX_PHOTO_BYTES = 25 * 1024 * 1024
 
 
 class PhotoPathError(ValueError):
@@ -46,20 +34,6 @@ class StoredPhoto:
 def default_photo_root() -> Path:
     """Return the photo store root: env ``HS_PHOTO_DIR`` or ``<repo>/var/photos``."""
     return get_settings().photo_dir
-
-
-def sniff_image(data: bytes) -> tuple[str, str]:
-    """Return ``(extension, mime)`` from the file's magic bytes.
-
-    Raises:
-        ValueError: The bytes are not a JPEG, PNG, WebP, GIF, BMP or TIFF image.
-    """
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp", "image/webp"
-    for magic, offset, ext, mime in _SIGNATURES:
-        if data[offset : offset + len(magic)] == magic:
-            return ext, mime
-    raise ValueError("not a supported image (expected JPEG, PNG, WebP, GIF, BMP or TIFF)")
 
 
 def _image_size(data: bytes) -> tuple[int | None, int | None]:
@@ -91,8 +65,8 @@ def store_photo(data: bytes, root: Path | None = None) -> StoredPhoto:
     """
     if not data:
         raise ValueError("empty photo")
-    if len(data) > MAX_PHOTO_BYTES:
-        raise ValueError(f"photo larger than {MAX_PHOTO_BYTES // (1024 * 1024)} MB")
+    if len(data) > LIMITS.max_image_bytes:
+        raise ValueError(f"photo larger than {LIMITS.max_image_bytes / 1e6:.1f} MB")
     ext, mime = sniff_image(data)
     root = Path(root) if root is not None else default_photo_root()
     sha = hashlib.sha256(data).hexdigest()
@@ -100,16 +74,7 @@ def store_photo(data: bytes, root: Path | None = None) -> StoredPhoto:
     target = root / sha[:2] / f"{sha}.{ext}"
     if not (target.is_file() and target.stat().st_size == len(data)):
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=f".{ext}")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(target, data)
         log.debug("stored photo %s", rel)
     width, height = _image_size(data)
     return StoredPhoto(sha256=sha, rel_path=rel, size_bytes=len(data), mime=mime, width=width, height=height)

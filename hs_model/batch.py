@@ -22,7 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Protocol
 
-from hs_model.config import LIMITS
+from hs_core.files import atomic_write_bytes
+from hs_core.limits import LIMITS
+from hs_core.text import CONTROL_CHARACTERS, neutralise_formula, xlsx_safe
 from hs_model.errors import InputError
 from hs_model.images import load_image
 
@@ -33,8 +35,6 @@ if TYPE_CHECKING:  # torch comes in with the classifier, only where a model runs
 
 log = logging.getLogger(__name__)
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")  # OWASP CSV injection
 _IGNORED_ZIP_PARTS = ("__MACOSX",)
 
 
@@ -339,7 +339,7 @@ def _sniff_delimiter(text: str) -> str:
 
 def clean_description(text: str) -> str:
     """The description as the model and the database see it (control characters out, outer spaces off)."""
-    return _CONTROL.sub(" ", text).strip()
+    return CONTROL_CHARACTERS.sub(" ", text).strip()
 
 
 def split_photo_names(cell: str) -> tuple[str, ...]:
@@ -591,11 +591,6 @@ def result_record(
     return rec
 
 
-def neutralise_cell(value: str) -> str:
-    """Prefix a quote to text a spreadsheet would run as a formula (OWASP CSV injection)."""
-    return "'" + value if value.startswith(_FORMULA_PREFIXES) else value
-
-
 def _cell(value: Any) -> Any:
     if value is None:
         return ""
@@ -603,7 +598,7 @@ def _cell(value: Any) -> Any:
         return "yes" if value else "no"
     if isinstance(value, int | float):
         return value
-    return neutralise_cell(str(value))
+    return neutralise_formula(str(value))
 
 
 def results_csv(records: Iterable[Mapping[str, Any]], columns: Sequence[str] = RESULT_COLUMNS) -> bytes:
@@ -639,19 +634,12 @@ def results_xlsx(records: Iterable[Mapping[str, Any]], columns: Sequence[str] = 
                 value = "yes" if value else "no"
             cell = sheet.cell(row=r, column=col, value=value if isinstance(value, int | float) else None)
             if not isinstance(value, int | float):
-                cell.value = _strip_illegal(str(value))
+                cell.value = xlsx_safe(str(value))
                 cell.data_type = "s"  # never a formula, even when it starts with '='
     sheet.freeze_panes = "A2"
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()
-
-
-_XLSX_ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
-
-
-def _strip_illegal(text: str) -> str:
-    return _XLSX_ILLEGAL.sub(" ", text)
 
 
 def write_results(records: Sequence[Mapping[str, Any]], path: Path, columns: Sequence[str] = RESULT_COLUMNS) -> None:
@@ -660,9 +648,7 @@ def write_results(records: Sequence[Mapping[str, Any]], path: Path, columns: Seq
     if suffix not in (".csv", ".xlsx"):
         raise InputError(f"{path}: the output must end in .csv or .xlsx.")
     data = results_csv(records, columns) if suffix == ".csv" else results_xlsx(records, columns)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    atomic_write_bytes(path, data)
 
 
 def seconds_left(done: int, total: int, elapsed_s: float) -> float | None:

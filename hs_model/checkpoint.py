@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from hs_core.files import atomic_write_text, fsync_file
+
 WEIGHTS = "weights.safetensors"
 CARD = "card.json"
 
@@ -70,20 +72,12 @@ def save_checkpoint(folder: Path, tensors: dict[str, torch.Tensor], card: ModelC
     os.close(fd)
     tmp = Path(name)
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    fsync_file(tmp)
     card.weights_sha256 = sha256_file(tmp)
-    _write_atomic(folder / NEXT_CARD, card.to_json())
+    atomic_write_text(folder / NEXT_CARD, card.to_json())
     os.replace(tmp, folder / WEIGHTS)
     os.replace(folder / NEXT_CARD, folder / CARD)
     return card
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _recover(folder: Path, digest: str) -> ModelCard | None:

@@ -45,18 +45,3 @@ class TowerConfig:
         """Tower names and device from HS_TEXT_TOWER / HS_IMAGE_TOWER / HS_DEVICE, else the packaged defaults."""
         settings = get_settings()
         return cls(text_model=settings.text_tower, image_model=settings.image_tower, device=settings.device)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Input limits that protect the process; every refusal names the limit."""
-
-    max_text_chars: int = 20_000
-    max_image_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
-    min_image_side: int = 16
-    max_aspect_ratio: float = 20.0
-    max_images: int = 8
-
-
-LIMITS = Limits()

@@ -8,13 +8,11 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from hs_model.config import LIMITS, Limits
+from hs_core.limits import LIMITS, PILLOW_FORMATS, Limits
 from hs_model.errors import InputError
 
 # Pillow refuses images above this many pixels with DecompressionBombError; we honour it, never disable it.
 Image.MAX_IMAGE_PIXELS = LIMITS.max_image_pixels
-
-ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
 
 
 class ImageError(InputError):
@@ -44,7 +42,7 @@ def load_image(source: bytes | Path, name: str = "photo", limits: Limits = LIMIT
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             fmt = image.format
-            if fmt not in ALLOWED_FORMATS:
+            if fmt not in PILLOW_FORMATS:
                 raise ImageError(f"{name}: {fmt or 'unknown'} files are not supported; use JPEG, PNG or WebP.")
             w, h = image.size
             if w * h > limits.max_image_pixels:

@@ -6,7 +6,6 @@ import copy
 import dataclasses
 import functools
 import logging
-import re
 import threading
 import time
 from collections.abc import Sequence
@@ -16,7 +15,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from hs_core.limits import LIMITS
 from hs_core.settings import DEFAULT_MODEL_DIR
+from hs_core.text import clean_text as strip_controls
 from hs_model.bank import (
     DEFAULT_BRIDGE_PROMPT,
     LEGACY_BRIDGE_PROMPT,
@@ -25,7 +26,7 @@ from hs_model.bank import (
     with_extra_prototypes,
 )
 from hs_model.checkpoint import CheckpointError, ModelCard, load_checkpoint
-from hs_model.config import LIMITS, TowerConfig
+from hs_model.config import TowerConfig
 from hs_model.errors import InputError
 from hs_model.images import load_image
 from hs_model.model import HeadConfig, HsJointModel, LabelSpace
@@ -34,7 +35,6 @@ from hs_model.towers import build_towers
 log = logging.getLogger(__name__)
 
 LEVELS = (2, 4, 6)
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def clean_text(text: str | None) -> str:
             f"The description has {len(text):,} characters; the limit is {LIMITS.max_text_chars:,}. "
             "Shorten it to the product's essentials (what it is, material, use)."
         )
-    return _CONTROL.sub(" ", text).strip()
+    return strip_controls(text)
 
 
 def validate_query(text: str | None, images: Sequence[object]) -> str:

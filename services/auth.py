@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from db.models import ROLES, AuditEvent, User, utcnow
 from db.queries import add_audit_event, add_user, count_users, find_user, normalise_username
+from hs_core.text import LINE_CONTROL_CHARACTERS
 from services.errors import InvalidInput, PermissionDenied
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,6 @@ MAX_FAILURES = 5  # failed sign-ins per username within FAILURE_WINDOW before si
 FAILURE_WINDOW = timedelta(minutes=15)
 _USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.@-]{2,63}$")
 MAX_USERNAME_LENGTH = 64  # users.username and audit_events.username are String(64)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Sign-ins for one username run one at a time (striped by name), so parallel guesses cannot all be checked
 # before the first failure is recorded. One process only: several app processes each have their own locks.
 _SIGN_IN_LOCKS = tuple(threading.Lock() for _ in range(64))
@@ -220,7 +220,7 @@ def authenticate(session: Session, username: str, password: str) -> Actor:
     typed = normalise_username(username or "")
     # No user has control characters or more than 64 characters in their name; keep such input out of the
     # queries and the audit trail as typed (PostgreSQL refuses NUL and over-long values: a DataError).
-    name = _CONTROL.sub("", typed)[:MAX_USERNAME_LENGTH]
+    name = LINE_CONTROL_CHARACTERS.sub("", typed)[:MAX_USERNAME_LENGTH]
     with _SIGN_IN_LOCKS[zlib.crc32(name.encode()) % len(_SIGN_IN_LOCKS)]:
         return _authenticate(session, name, password, impossible=name != typed)
 

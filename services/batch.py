@@ -21,8 +21,9 @@ from sqlalchemy.orm import Session
 
 from db.models import LineItem, Shipment
 from db.models import Prediction as PredictionRow
-from db.photos import sniff_image, store_photo
+from db.photos import store_photo
 from db.queries import add_audit_event, create_line_item, get_or_create_shipment, latest_prediction, record_prediction
+from hs_core.limits import sniff_image
 from hs_model.batch import (
     BATCH_LIMITS,
     RESULT_COLUMNS,

@@ -13,11 +13,11 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from db.models import Decision
-from db.photos import sniff_image, store_photo
+from db.photos import store_photo
 from db.queries import add_audit_event, create_line_item, get_or_create_shipment, record_prediction
+from hs_core.limits import LIMITS, sniff_image
 from hs_core.nomenclature import HsCode, InvalidCode, PathNode, get_nomenclature
 from hs_core.settings import get_settings
-from hs_model.config import LIMITS
 from hs_model.errors import InputError
 from hs_model.images import load_image
 from services import decisions

@@ -20,6 +20,7 @@ from db.queries import (
     latest_prediction,
 )
 from db.queries import review_queue as _review_queue
+from hs_core.text import clean_text
 from services.auth import Actor, refresh_actor, require_role
 from services.errors import InvalidInput, NotFound, PermissionDenied, ServiceError
 
@@ -29,7 +30,6 @@ CodeValidator = Callable[[str], bool]
 SUBMITTERS = ("broker", "admin")
 REVIEWERS = ("reviewer", "admin")
 _SEPARATORS = re.compile(r"[\s.\-]")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # as hs_model.predict.clean_text: tabs, newlines stay
 MAX_COMMENT_LENGTH = 4000
 
 
@@ -60,7 +60,7 @@ def normalise_code(code: str, valid_code: CodeValidator | None = None) -> str:
 
 def _comment(text: str | None, *, required: str | None = None) -> str:
     # Control characters are noise from pasted binary; PostgreSQL refuses NUL outright (DataError).
-    text = _CONTROL.sub(" ", text or "").strip()
+    text = clean_text(text)
     if required and not text:
         raise InvalidInput(required)
     if len(text) > MAX_COMMENT_LENGTH:

@@ -19,9 +19,10 @@ from db import queries
 from db.__main__ import main as cli_main
 from db.decision_log import LOG_COLUMNS, DecisionFilter
 from db.engine import make_engine, make_session_factory
-from db.export import export_decision_log, neutralise_cell, render_rows
+from db.export import export_decision_log, render_rows
 from db.models import AuditEvent, User
 from hs_core.settings import REPO_ROOT
+from hs_core.text import neutralise_formula as neutralise_cell
 
 INJECTION = '=HYPERLINK("x")'
 

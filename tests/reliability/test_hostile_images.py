@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from hs_model.config import LIMITS, Limits
+from hs_core.limits import LIMITS, Limits
 from hs_model.errors import InputError
 from hs_model.images import ImageError, load_image
 from hs_model.predict import decode_images

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from sqlalchemy import inspect, select
 
 from db.models import Decision, LineItem
+from hs_core.limits import LIMITS
 from hs_core.nomenclature import HsCode, InvalidCode
-from hs_model.config import LIMITS
 from hs_model.errors import InputError
 from hs_model.predict import clean_text, validate_query
 from services import decisions
