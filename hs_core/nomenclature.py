@@ -20,7 +20,7 @@ EDITION = "HS2022"
 # UN Comtrade reporting rows shipped with the nomenclature data: never product codes.
 COMTRADE_EXTRAS = frozenset({"TOTAL", "99", "9999", "999999"})
 
-_CODE_LIKE = re.compile(r"\d+(?:[\s.\-]+\d+)*")  # digits, optionally split by dots, spaces or dashes
+_CODE_LIKE = re.compile(r"[0-9]+(?:[\s.\-]+[0-9]+)*")  # ASCII digits, optionally split by dots, spaces or dashes
 _SEPARATORS = re.compile(r"[\s.\-]+")
 _WORD = re.compile(r"[a-z0-9]+")
 _EXAMPLE = "give 2, 4 or 6 digits, e.g. 6109.10"
@@ -53,7 +53,8 @@ def _entries() -> Mapping[str, _Entry]:
     return MappingProxyType(entries)
 
 
-def _format(digits: str) -> str:
+def format_digits(digits: str) -> str:
+    """How brokers write a code: ``610910`` -> ``6109.10``; 2 and 4 digits (and anything else) as they are."""
     return f"{digits[:4]}.{digits[4:]}" if len(digits) == 6 else digits
 
 
@@ -82,9 +83,9 @@ def _missing_message(raw: object, digits: str) -> str:
     for size in (4, 2):
         parent = digits[:size]
         if size < len(digits) and parent in entries:
-            kids = [_format(d) for d in sorted(entries) if len(d) == size + 2 and d.startswith(parent)]
+            kids = [format_digits(d) for d in sorted(entries) if len(d) == size + 2 and d.startswith(parent)]
             shown = ", ".join(kids[:6]) + (", ..." if len(kids) > 6 else "")
-            return f"{raw!r} does not exist in HS 2022; {_format(parent)} has {shown}"
+            return f"{raw!r} does not exist in HS 2022; {format_digits(parent)} has {shown}"
     return f"{raw!r} does not exist in HS 2022 (there is no chapter {digits[:2]})"
 
 
@@ -122,13 +123,28 @@ class HsCode:
         if len(digits) > 6:
             raise InvalidCode(
                 f"{raw!r} is a {len(digits)}-digit national tariff code, not an HS code: "
-                f"use its first 6 digits ({_format(digits[:6])})"
+                f"use its first 6 digits ({format_digits(digits[:6])})"
             )
         if len(digits) not in (2, 4, 6):
             raise InvalidCode(f"{raw!r} is not an HS code: {_EXAMPLE}")
         if digits not in _entries():
             raise InvalidCode(_missing_message(raw, digits))
         return cls(digits)
+
+    @classmethod
+    def parse_subheading(cls, raw: str | int) -> HsCode:
+        """`parse`, where only a 6-digit subheading will do (a code submitted for a line item).
+
+        Raises:
+            InvalidCode: As `parse`, or a chapter / heading (the message names its subheadings).
+        """
+        code = cls.parse(raw)
+        if code.level != 6:
+            kids = [format_digits(d) for d in sorted(_entries()) if len(d) == 6 and d.startswith(code.digits)]
+            shown = ", ".join(kids[:6]) + (", ..." if len(kids) > 6 else "")
+            kind = "chapter" if code.level == 2 else "heading"
+            raise InvalidCode(f"{raw!r} is a {kind}, not a 6-digit HS subheading: pick one of {shown}")
+        return code
 
     @classmethod
     def from_national(cls, raw: str | int) -> HsCode:
@@ -179,7 +195,7 @@ class HsCode:
     @property
     def formatted(self) -> str:
         """`6109.10`, `6109` or `61`."""
-        return _format(self.digits)
+        return format_digits(self.digits)
 
     @property
     def description(self) -> str:

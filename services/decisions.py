@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -20,6 +19,7 @@ from db.queries import (
     latest_prediction,
 )
 from db.queries import review_queue as _review_queue
+from hs_core.nomenclature import HsCode, InvalidCode, format_digits
 from hs_core.text import clean_text
 from services.auth import Actor, refresh_actor, require_role
 from services.errors import InvalidInput, NotFound, PermissionDenied, ServiceError
@@ -29,33 +29,33 @@ log = logging.getLogger(__name__)
 CodeValidator = Callable[[str], bool]
 SUBMITTERS = ("broker", "admin")
 REVIEWERS = ("reviewer", "admin")
-_SEPARATORS = re.compile(r"[\s.\-]")
 MAX_COMMENT_LENGTH = 4000
 
 
 def format_code(code: str) -> str:
-    """``"610910"`` -> ``"6109.10"`` (how brokers write subheadings)."""
-    return f"{code[:4]}.{code[4:]}" if len(code) == 6 else code
+    """How brokers write a code: ``"610910"`` -> ``"6109.10"`` (the nomenclature's own formatting)."""
+    return format_digits(code)
 
 
 def normalise_code(code: str, valid_code: CodeValidator | None = None) -> str:
-    """Turn ``"6109.10"``, ``"6109 10"`` or ``"610910"`` into ``"610910"``.
+    """The digits of a submitted or corrected code: ``"6109.10"``, ``"6109 10"`` or ``"610910"`` -> ``"610910"``.
+
+    Parsed by `HsCode` (the one parser): it must exist in HS 2022 and be a 6-digit subheading.
 
     Args:
         code: What the user typed.
-        valid_code: Optional check that the 6-digit code exists in the nomenclature
-            (e.g. ``hs_core.nomenclature``'s lookup); skipped when ``None``.
+        valid_code: Optional further check (e.g. that the model in use knows the code).
 
     Raises:
-        InvalidInput: Not six digits, or refused by ``valid_code``.
+        InvalidInput: Malformed, not in HS 2022, not a subheading, or refused by ``valid_code``.
     """
-    raw = (code or "").strip()
-    digits = _SEPARATORS.sub("", raw)
-    if len(digits) != 6 or not (digits.isascii() and digits.isdigit()):  # "６１０９１０".isdigit() is True
-        raise InvalidInput(f"{raw!r} is not a 6-digit HS subheading (write it like 6109.10).")
-    if valid_code is not None and not valid_code(digits):
-        raise InvalidInput(f"{format_code(digits)} is not a subheading of the nomenclature in use.")
-    return digits
+    try:
+        parsed = HsCode.parse_subheading(code or "")
+    except InvalidCode as exc:
+        raise InvalidInput(str(exc)) from None
+    if valid_code is not None and not valid_code(parsed.digits):
+        raise InvalidInput(f"{parsed.formatted} is not a subheading of the nomenclature in use.")
+    return parsed.digits
 
 
 def _comment(text: str | None, *, required: str | None = None) -> str:

@@ -224,13 +224,13 @@ def test_hs_code_parse_never_fails_otherwise(raw):
 @pytest.mark.parametrize(
     ("typed", "message"),
     [
-        ("6109.99", "6109.99 is not a subheading of the nomenclature in use."),
-        ("9999.99", "9999.99 is not a subheading of the nomenclature in use."),
-        ("6109", "'6109' is not a 6-digit HS subheading (write it like 6109.10)."),
-        ("61O910", "'61O910' is not a 6-digit HS subheading (write it like 6109.10)."),
-        ("6109.10; DROP TABLE decisions", "is not a 6-digit HS subheading"),
-        ("\uff16\uff11\uff10\uff19\uff11\uff10", "is not a 6-digit HS subheading"),  # full-width digits
-        ("\u0666\u0661\u0660\u0669\u0661\u0660", "is not a 6-digit HS subheading"),  # Arabic-Indic digits
+        ("6109.99", "'6109.99' does not exist in HS 2022; 6109 has 6109.10, 6109.90"),
+        ("9999.99", "'9999.99' is a UN Comtrade code for 'commodities not specified', not an HS code"),
+        ("6109", "'6109' is a heading, not a 6-digit HS subheading: pick one of 6109.10, 6109.90"),
+        ("61O910", "'61O910' is not an HS code: give 2, 4 or 6 digits, e.g. 6109.10"),
+        ("6109.10; DROP TABLE decisions", "is not an HS code"),
+        ("\uff16\uff11\uff10\uff19\uff11\uff10", "is not an HS code"),  # full-width digits
+        ("\u0666\u0661\u0660\u0669\u0661\u0660", "is not an HS code"),  # Arabic-Indic digits
     ],
 )
 def test_submit_refuses_bad_codes_and_stores_nothing(shared_db, typed, message):
@@ -257,7 +257,7 @@ def test_correct_refuses_a_code_outside_hs_2022(shared_db):
     before = row_counts(factory)
     with pytest.raises(InvalidInput) as info, factory.begin() as session:
         decisions.correct(session, actors["reviewer"], item_id, "6109.99", "wrong", valid_code=is_subheading)
-    assert str(info.value) == "6109.99 is not a subheading of the nomenclature in use."
+    assert str(info.value) == "'6109.99' does not exist in HS 2022; 6109 has 6109.10, 6109.90"
     assert row_counts(factory) == before
 
 
@@ -267,7 +267,9 @@ def test_normalise_code_gives_six_ascii_digits_or_a_clear_refusal(raw):
     try:
         digits = decisions.normalise_code(raw)
     except InvalidInput as exc:
-        assert "is not a 6-digit HS subheading" in str(exc)
+        message = str(exc)
+        assert message and "\n" not in message.strip()  # one clear line, whatever was typed
+        assert any(s in message for s in ("not an HS code", "does not exist in HS 2022", "not a 6-digit HS subheading"))
         return
     assert len(digits) == 6 and digits.isascii() and digits.isdigit()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from sqlalchemy import select
 
@@ -106,19 +108,30 @@ def test_code_normalisation(typed):
     assert decisions.normalise_code(typed) == "610910"
 
 
-@pytest.mark.parametrize("typed", ["6109", "6109.1", "61091O", "", "6109.10.00"])
-def test_bad_codes(typed):
-    with pytest.raises(InvalidInput, match="6-digit"):
+@pytest.mark.parametrize(
+    ("typed", "says"),
+    [
+        ("6109", "is a heading, not a 6-digit HS subheading: pick one of 6109.10, 6109.90"),
+        ("6109.1", "is not an HS code: give 2, 4 or 6 digits"),
+        ("61091O", "is not an HS code"),
+        ("", "is not an HS code"),
+        ("6109.10.00", "national tariff code, not an HS code: use its first 6 digits (6109.10)"),
+        ("9999.99", "UN Comtrade code"),
+        ("1234.56", "does not exist in HS 2022"),
+    ],
+)
+def test_bad_codes(typed, says):
+    with pytest.raises(InvalidInput, match=re.escape(says)):
         decisions.normalise_code(typed)
 
 
 def test_valid_code_callback(factory, actors, item_id):
     known = {"610910", "610990"}.__contains__
     with factory.begin() as s:
-        with pytest.raises(InvalidInput, match="9999.99 is not a subheading"):
-            decisions.submit(s, actors["broker"], item_id, "9999.99", valid_code=known)
+        with pytest.raises(InvalidInput, match="6205.20 is not a subheading of the nomenclature in use"):
+            decisions.submit(s, actors["broker"], item_id, "6205.20", valid_code=known)
         decisions.submit(s, actors["broker"], item_id, "6109.10", valid_code=known)
-        with pytest.raises(InvalidInput, match="not a subheading"):
+        with pytest.raises(InvalidInput, match="does not exist in HS 2022"):
             decisions.correct(s, actors["reviewer"], item_id, "123456", "x", valid_code=known)
 
 
