@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -118,23 +117,15 @@ def metrics(rows: Sequence[RowResult | None], golds: Sequence[str], level: int) 
 
 
 def macro_prf(gold: Sequence[str], pred: Sequence[str]) -> tuple[float, float, float]:
-    """Macro precision, recall and F1 over the classes present in the gold labels."""
-    classes = sorted(set(gold))
-    tp, fp, fn = Counter(), Counter(), Counter()
-    for g, p in zip(gold, pred, strict=True):
-        if g == p:
-            tp[g] += 1
-        else:
-            fp[p] += 1
-            fn[g] += 1
-    ps, rs, fs = [], [], []
-    for c in classes:
-        prec = tp[c] / (tp[c] + fp[c]) if tp[c] + fp[c] else 0.0
-        rec = tp[c] / (tp[c] + fn[c]) if tp[c] + fn[c] else 0.0
-        ps.append(prec)
-        rs.append(rec)
-        fs.append(2 * prec * rec / (prec + rec) if prec + rec else 0.0)
-    return float(np.mean(ps)), float(np.mean(rs)), float(np.mean(fs))
+    """Macro precision, recall and F1 over the classes present in the gold labels (scikit-learn's definitions)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    if not gold:
+        return 0.0, 0.0, 0.0
+    p, r, f, _ = precision_recall_fscore_support(
+        list(gold), list(pred), labels=sorted(set(gold)), average="macro", zero_division=0.0
+    )
+    return float(p), float(r), float(f)
 
 
 def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:

@@ -42,7 +42,7 @@ from hs_model.batch import (
     seconds_left,
 )
 from services.auth import Actor, refresh_actor, require_role
-from services.classify import MAX_REF_CHARS, RecordedClassification
+from services.classify import MAX_REF_CHARS, RecordedClassification, candidate_rows
 from services.decisions import SUBMITTERS
 from services.errors import InvalidInput, NotFound, PermissionDenied
 
@@ -362,14 +362,6 @@ def _storable(outcome: RowOutcome) -> RowOutcome:
     return outcome
 
 
-def _candidate_rows(prediction: Prediction) -> list[dict[str, Any]]:
-    return [
-        {"level": level, "rank": rank, "code": c.code, "description": c.description, "score": c.score}
-        for level, candidates in sorted(prediction.levels.items())
-        for rank, c in enumerate(candidates, start=1)
-    ]
-
-
 def _store_chunk(
     session: Session,
     actor: Actor,
@@ -411,7 +403,7 @@ def _store_chunk(
             nomenclature_edition=prediction.nomenclature_edition,
             latency_ms=prediction.latency_ms,
             needs_review=prediction.needs_review,
-            candidates=_candidate_rows(prediction),
+            candidates=candidate_rows(prediction),
         )
         present[key] = item.id
         saved[row.line] = (item.id, True)

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -163,7 +163,8 @@ def _check_storable(photos: Sequence[UploadedPhoto]) -> None:
             raise InvalidInput(f"{photo.name}: this image format cannot be stored; use JPEG, PNG or WebP.") from None
 
 
-def _candidate_rows(prediction: Prediction) -> list[dict]:
+def candidate_rows(prediction: Prediction) -> list[dict[str, Any]]:
+    """A prediction's candidates as the rows the database stores (level, rank, code, description, score)."""
     return [
         {"level": level, "rank": rank, "code": c.code, "description": c.description, "score": c.score}
         for level, candidates in sorted(prediction.levels.items())
@@ -233,7 +234,7 @@ def classify_and_record(
         nomenclature_edition=prediction.nomenclature_edition,
         latency_ms=prediction.latency_ms,
         needs_review=prediction.needs_review,
-        candidates=_candidate_rows(prediction),
+        candidates=candidate_rows(prediction),
     )
     audit = {"line_item_id": item.id, "prediction_id": row.id, "model_version": row.model_version}
     add_audit_event(session, action="classification", user_id=actor.user_id, username=actor.username, detail=audit)
