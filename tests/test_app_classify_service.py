@@ -119,8 +119,8 @@ def test_only_brokers_and_admins_classify(app_db, role):
 def test_submit_checks_the_code_against_hs_2022(app_db):
     who = actor(app_db, "admin", "ada")
     recorded = record(app_db, who)
-    with app_db.factory.begin() as session, pytest.raises(InvalidInput, match=r"9999\.99 is not a subheading"):
-        submit_decision(session, who, line_item_id=recorded.line_item_id, code="9999.99")
+    with app_db.factory.begin() as session, pytest.raises(InvalidInput, match=r"1234\.56. does not exist in HS 2022"):
+        submit_decision(session, who, line_item_id=recorded.line_item_id, code="1234.56")
     with app_db.factory.begin() as session:
         decision = submit_decision(
             session, who, line_item_id=recorded.line_item_id, code="6109.10", prediction_id=recorded.prediction_id
