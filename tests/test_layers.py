@@ -139,3 +139,23 @@ def test_the_nomenclature_loads_without_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "False"
+
+
+def test_the_readme_documents_every_setting():
+    from hs_core.settings import VARIABLES
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    missing = [name for name in VARIABLES if f"| `{name}` |" not in readme]
+    assert not missing, f"README's configuration table lacks {missing}"
+
+
+def test_settings_are_read_from_the_environment_when_it_changes(monkeypatch, tmp_path):
+    from hs_core.settings import SettingsError, get_settings
+
+    monkeypatch.setenv("HS_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("HS_DATA_DIR", "")  # empty = unset, for every variable alike
+    assert get_settings().model_dir == tmp_path
+    assert get_settings().data_dir.name == "data"
+    monkeypatch.setenv("HS_TORCH_THREADS", "two")
+    with pytest.raises(SettingsError, match="HS_TORCH_THREADS"):
+        get_settings()
