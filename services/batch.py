@@ -11,7 +11,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -217,92 +217,25 @@ def run_batch(
     """
     require_role(actor, *SUBMITTERS, action="classify products")
     shipment_ref = _clean_shipment(shipment_ref)
-    t0 = time.perf_counter()
     rows = check.file.valid_rows
     keys = _row_keys(rows, check.photos)
-
-    def load_stored(session: Session) -> dict[tuple[str, str], tuple[int, dict[str, Any]]]:
-        refresh_actor(session, actor)
-        stored = {}
-        for item in _stored_items(session, shipment_ref, sorted({k[0] for k in keys.values()})):
-            pred = latest_prediction(session, item.id)
-            stored[_item_key(item)] = (item.id, _prediction_view(pred, item))
-        return stored
-
-    stored = transact(load_stored)
-    records: dict[int, dict[str, Any]] = {}
-    resumed = 0
-    for row in rows:
-        hit = stored.get(keys[row.line])
-        if hit is not None:
-            item_id, view = hit
-            records[row.line] = _record(row, view.get("prediction"), None, item_id, STATUS_RESUMED)
-            resumed += 1
-    todo = [r for r in rows if r.line not in records]
-    total = len(rows)
-    counts = {"stored": 0, "errors": 0}
-    stopped = False
-    run_t0 = time.perf_counter()
-
-    def report(done_run: int) -> None:
-        if on_progress is None:
-            return
-        elapsed = time.perf_counter() - run_t0
-        on_progress(
-            BatchProgress(
-                done=resumed + done_run,
-                total=total,
-                stored=counts["stored"],
-                resumed=resumed,
-                errors=counts["errors"],
-                elapsed_s=time.perf_counter() - t0,
-                seconds_left=seconds_left(done_run, len(todo), elapsed),
-            )
-        )
-
-    report(0)
-    done_run = 0
-    last_chunk: list[RowOutcome] = []
-    chunks = classify_rows(classifier, todo, check.photos, top_k=TOP_K, chunk_size=chunk_size)
-    try:
-        for outcomes in chunks:
-            outcomes = last_chunk = [_storable(o) for o in outcomes]
-            saved = transact(
-                lambda s, outcomes=outcomes: _store_chunk(s, actor, shipment_ref, outcomes, keys, photo_root)
-            )
-            for outcome in outcomes:
-                row = outcome.row
-                if outcome.prediction is None:
-                    records[row.line] = _record(row, None, outcome.error, None, STATUS_ERROR)
-                    counts["errors"] += 1
-                    continue
-                item_id, fresh = saved[row.line]
-                status = STATUS_NEW if fresh else STATUS_RESUMED
-                records[row.line] = _record(row, outcome.prediction, None, item_id, status)
-                if fresh:
-                    counts["stored"] += 1
-                else:  # stored meanwhile by another run of the same file
-                    resumed += 1
-            done_run += len(outcomes)
-            report(done_run)
-            if should_stop is not None and should_stop():
-                stopped = done_run < len(todo)
-                break
-    finally:
-        chunks.close()
+    run = _Run(total=len(rows), on_progress=on_progress)
+    stored = transact(lambda session: _load_stored(session, actor, shipment_ref, keys))
+    todo = run.resume(rows, keys, stored)
+    last_chunk = _classify_and_store(transact, classifier, actor, check, todo, keys, run, shipment_ref, photo_root,
+                                     chunk_size, should_stop)  # fmt: skip
     for row in check.file.invalid_rows:
-        records[row.line] = _record(row, None, None, None, STATUS_SKIPPED)
+        run.records[row.line] = _record(row, None, None, None, STATUS_SKIPPED)
     thresholds = [o.prediction.review_threshold for o in last_chunk if o.prediction is not None]
-    ordered = tuple(records[r.line] for r in check.file.rows if r.line in records)
     result = BatchResult(
         shipment_ref=shipment_ref,
-        records=ordered,
-        stored=counts["stored"],
-        resumed=resumed,
-        errors=counts["errors"],
+        records=tuple(run.records[r.line] for r in check.file.rows if r.line in run.records),
+        stored=run.stored,
+        resumed=run.resumed,
+        errors=run.errors,
         skipped=len(check.file.invalid_rows),
-        stopped=stopped,
-        seconds=time.perf_counter() - t0,
+        stopped=run.stopped,
+        seconds=time.perf_counter() - run.t0,
         review_threshold=thresholds[0] if thresholds else _threshold(classifier),
     )
     log.info(
@@ -314,10 +247,122 @@ def run_batch(
         result.resumed,
         result.errors,
         result.skipped,
-        " (stopped)" if stopped else "",
+        " (stopped)" if result.stopped else "",
         result.seconds,
     )
     return result
+
+
+@dataclass
+class _Run:
+    """One batch run while it goes: what each line became, the counts, and the progress reports."""
+
+    total: int
+    on_progress: Callable[[BatchProgress], None] | None
+    records: dict[int, dict[str, Any]] = field(default_factory=dict)
+    stored: int = 0
+    resumed: int = 0
+    errors: int = 0
+    todo: int = 0  # lines this run classifies (not stored by an earlier run)
+    done: int = 0  # ... of which done so far
+    stopped: bool = False
+    t0: float = field(default_factory=time.perf_counter)
+    run_t0: float = field(default_factory=time.perf_counter)
+
+    def resume(
+        self,
+        rows: Sequence[BatchRow],
+        keys: dict[int, tuple[str, str]],
+        stored: dict[tuple[str, str], tuple[int, dict]],
+    ) -> list[BatchRow]:
+        """Take the lines an earlier run of the same file stored; return the ones still to classify."""
+        for row in rows:
+            hit = stored.get(keys[row.line])
+            if hit is not None:
+                item_id, view = hit
+                self.records[row.line] = _record(row, view.get("prediction"), None, item_id, STATUS_RESUMED)
+                self.resumed += 1
+        todo = [r for r in rows if r.line not in self.records]
+        self.todo, self.run_t0 = len(todo), time.perf_counter()
+        return todo
+
+    def take(self, outcomes: Sequence[RowOutcome], saved: dict[int, tuple[int, bool]]) -> None:
+        """Record one stored chunk."""
+        for outcome in outcomes:
+            row = outcome.row
+            if outcome.prediction is None:
+                self.records[row.line] = _record(row, None, outcome.error, None, STATUS_ERROR)
+                self.errors += 1
+                continue
+            item_id, fresh = saved[row.line]
+            self.records[row.line] = _record(
+                row, outcome.prediction, None, item_id, STATUS_NEW if fresh else STATUS_RESUMED
+            )
+            if fresh:
+                self.stored += 1
+            else:  # stored meanwhile by another run of the same file
+                self.resumed += 1
+        self.done += len(outcomes)
+
+    def report(self) -> None:
+        if self.on_progress is None:
+            return
+        self.on_progress(
+            BatchProgress(
+                done=self.resumed + self.done,
+                total=self.total,
+                stored=self.stored,
+                resumed=self.resumed,
+                errors=self.errors,
+                elapsed_s=time.perf_counter() - self.t0,
+                seconds_left=seconds_left(self.done, self.todo, time.perf_counter() - self.run_t0),
+            )
+        )
+
+
+def _load_stored(
+    session: Session, actor: Actor, shipment_ref: str, keys: dict[int, tuple[str, str]]
+) -> dict[tuple[str, str], tuple[int, dict[str, Any]]]:
+    """The shipment's line items already stored, by (line reference, content hash): what a rerun resumes."""
+    refresh_actor(session, actor)
+    stored = {}
+    for item in _stored_items(session, shipment_ref, sorted({k[0] for k in keys.values()})):
+        pred = latest_prediction(session, item.id)
+        stored[_item_key(item)] = (item.id, _prediction_view(pred, item))
+    return stored
+
+
+def _classify_and_store(
+    transact: Transact,
+    classifier: Classifier,
+    actor: Actor,
+    check: BatchCheck,
+    todo: Sequence[BatchRow],
+    keys: dict[int, tuple[str, str]],
+    run: _Run,
+    shipment_ref: str,
+    photo_root: Path | None,
+    chunk_size: int,
+    should_stop: Callable[[], bool] | None,
+) -> list[RowOutcome]:
+    """Classify the lines chunk by chunk, one transaction per chunk; returns the last chunk's outcomes."""
+    run.report()
+    last_chunk: list[RowOutcome] = []
+    chunks = classify_rows(classifier, todo, check.photos, top_k=TOP_K, chunk_size=chunk_size)
+    try:
+        for outcomes in chunks:
+            outcomes = last_chunk = [_storable(o) for o in outcomes]
+            saved = transact(
+                lambda s, outcomes=outcomes: _store_chunk(s, actor, shipment_ref, outcomes, keys, photo_root)
+            )
+            run.take(outcomes, saved)
+            run.report()
+            if should_stop is not None and should_stop():
+                run.stopped = run.done < len(todo)
+                break
+    finally:
+        chunks.close()
+    return last_chunk
 
 
 EXPORT_FORMATS = ("csv", "xlsx")
