@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -163,7 +163,7 @@ def _check_storable(photos: Sequence[UploadedPhoto]) -> None:
             raise InvalidInput(f"{photo.name}: this image format cannot be stored; use JPEG, PNG or WebP.") from None
 
 
-def _candidate_rows(prediction: Prediction) -> list[dict]:
+def _candidate_rows(prediction: Prediction) -> list[dict[str, Any]]:
     return [
         {"level": level, "rank": rank, "code": c.code, "description": c.description, "score": c.score}
         for level, candidates in sorted(prediction.levels.items())
@@ -205,7 +205,7 @@ def classify_and_record(
         PermissionDenied: Not signed in, not a broker or admin, or the account changed since sign-in.
         InvalidInput: Bad input (see `classify`) or a reference over its length limit.
     """
-    require_role(actor, *SUBMITTERS, action="classify products")
+    actor = require_role(actor, *SUBMITTERS, action="classify products")
     shipment_ref = _clean_ref(shipment_ref, "shipment reference")
     line_ref = _clean_ref(line_ref, "line reference")
     result = classify(classifier, text=text, photos=photos, top_k=top_k)
