@@ -31,7 +31,7 @@ from hs_model.checkpoint import ModelCard, load_checkpoint
 from hs_model.config import cache_dir
 from hs_model.errors import InputError
 from hs_model.model import HsJointModel, LabelSpace, ModelOutput
-from hs_model.predict import Features, Query, trained_parts
+from hs_model.predict import Classifier, Features, Query, trained_parts
 from hs_train.datasets import split_of
 from hs_train.train import FeatureSet, TrainConfig, calibrate, fit
 
@@ -148,7 +148,7 @@ class LabelledSet:
         )
 
 
-def _tower_key(classifier) -> str:
+def _tower_key(classifier: Classifier) -> str:
     tt, it = classifier.text_tower, classifier.image_tower
     return hashlib.sha256(f"{tt.name}|{getattr(tt, 'max_length', '')}|{it.name}".encode()).hexdigest()[:12]
 
@@ -158,7 +158,7 @@ def _item_key(item: ReviewedItem) -> str:
     return hashlib.sha256("\x1f".join([item.text, *(p.name for p in item.photos)]).encode()).hexdigest()[:12]
 
 
-def encode_items(classifier, items: Sequence[ReviewedItem], batch_size: int = 32) -> tuple[LabelledSet, int]:
+def encode_items(classifier: Classifier, items: Sequence[ReviewedItem], batch_size: int = 32) -> tuple[LabelledSet, int]:
     """Tower features of reviewed items, cached on disk per line item and towers.
 
     Returns:
@@ -221,13 +221,13 @@ def encode_items(classifier, items: Sequence[ReviewedItem], batch_size: int = 32
     return LabelledSet(feats, golds, tuple(str(items[n].line_item_id) for n in order)), len(items) - len(order)
 
 
-def _encode(classifier, queries: list[Query]) -> Features:
+def _encode(classifier: Classifier, queries: list[Query]) -> Features:
     lock = getattr(classifier, "lock", None) or contextlib.nullcontext()
     with lock:  # explanations hook the shared towers while they run
         return classifier.encode(queries)
 
 
-def _encode_one_by_one(classifier, chunk: list[tuple[int, Query, Path]]) -> tuple[list, list[Features]]:
+def _encode_one_by_one(classifier: Classifier, chunk: list[tuple[int, Query, Path]]) -> tuple[list, list[Features]]:
     kept, parts = [], []
     for entry in chunk:
         try:
@@ -238,7 +238,7 @@ def _encode_one_by_one(classifier, chunk: list[tuple[int, Query, Path]]) -> tupl
     return kept, parts
 
 
-def load_benchmark(classifier, data_dir: Path | None = None) -> LabelledSet | None:
+def load_benchmark(classifier: Classifier, data_dir: Path | None = None) -> LabelledSet | None:
     """The fixed benchmark: HSCodeComp and ATLAS validation (text), converted as the report does; None if absent.
 
     Evaluation only: these rows are never trained on.
@@ -412,7 +412,7 @@ class BaseModel:
     card: ModelCard
 
 
-def load_base(classifier, folder: Path | None, expected_sha256: str | None = None) -> BaseModel:
+def load_base(classifier: Classifier, folder: Path | None, expected_sha256: str | None = None) -> BaseModel:
     """A version's trained parts on the classifier's towers (hash-checked), as a model nobody else uses."""
     if folder is None:
         other = classifier.with_model(None)
