@@ -158,7 +158,9 @@ def _item_key(item: ReviewedItem) -> str:
     return hashlib.sha256("\x1f".join([item.text, *(p.name for p in item.photos)]).encode()).hexdigest()[:12]
 
 
-def encode_items(classifier: Classifier, items: Sequence[ReviewedItem], batch_size: int = 32) -> tuple[LabelledSet, int]:
+def encode_items(
+    classifier: Classifier, items: Sequence[ReviewedItem], batch_size: int = 32
+) -> tuple[LabelledSet, int]:
     """Tower features of reviewed items, cached on disk per line item and towers.
 
     Returns:
