@@ -11,4 +11,4 @@ test-fast:      ## unit tests only (no real towers, no browser)
 	scripts/setup_env.sh && .venv/bin/python -m pytest -q
 
 lint:
-	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	.venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy

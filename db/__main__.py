@@ -105,7 +105,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         factory = make_session_factory(engine)
         data, count = run_transaction(factory, lambda s: export_decision_log(s, filters, args.format))
-        if to_stdout:
+        if out is None:  # to_stdout
             sys.stdout.buffer.write(data)
             sys.stdout.flush()
         else:

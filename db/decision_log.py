@@ -158,4 +158,4 @@ def decision_log_choices(session: Session) -> LogChoices:
         .distinct()
         .order_by(Decision.model_version)
     )
-    return LogChoices(usernames=tuple(usernames), model_versions=tuple(versions))
+    return LogChoices(usernames=tuple(usernames), model_versions=tuple(v for v in versions if v is not None))

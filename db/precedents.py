@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -52,6 +53,7 @@ def reviewed_with_embeddings(session: Session, model_version: str, limit: int = 
         .limit(limit)
     )
     return [
-        PrecedentRow(item_id, desc, d.code, d.kind, d.created_at, reviewer, version, emb)
+        # approved and corrected decisions always carry a code; the query keeps items with an embedding only
+        PrecedentRow(item_id, desc, cast(str, d.code), d.kind, d.created_at, reviewer, version, cast(bytes, emb))
         for item_id, desc, emb, d, reviewer, version in session.execute(stmt)
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -179,7 +180,7 @@ def reviewed_examples(session: Session, *, code_prefix: str | None = None) -> li
     return [
         ReviewedExample(
             line_item_id=item_id,
-            code=decision.code,
+            code=cast(str, decision.code),  # approved and corrected decisions always carry a code
             kind=decision.kind,
             description=description,
             photo_paths=tuple(paths.get(item_id, ())),

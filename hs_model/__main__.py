@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     from hs_model.errors import InputError
 
     try:
-        return args.func(args)
+        status: int = args.func(args)
+        return status
     except (inference_cli.UserError, InputError, CheckpointError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

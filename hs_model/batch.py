@@ -16,7 +16,7 @@ import math
 import os
 import re
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -31,7 +31,7 @@ from hs_model.images import load_image
 if TYPE_CHECKING:  # torch comes in with the classifier, only where a model runs
     from PIL import Image
 
-    from hs_model.predict import Classifier, Prediction
+    from hs_model.predict import Classifier, Prediction, Query
 
 log = logging.getLogger(__name__)
 
@@ -461,7 +461,7 @@ def _check_row(
         problems.append(f"{len(names)} photos; at most {limits.max_photos_per_row} per line")
     elif names and photos is None:
         problems.append("photos are listed but no zip (or folder) of photos was given")
-    elif names:
+    elif names and photos is not None:
         problems += [p for p in (photos.problem(n) for n in names) if p]
     if not text and not names:
         problems.append("nothing to classify: no description and no photo")
@@ -511,7 +511,7 @@ def classify_rows(
     top_k: int = 5,
     chunk_size: int = 32,
     workers: int | None = None,
-) -> Iterator[list[RowOutcome]]:
+) -> Generator[list[RowOutcome], None, None]:
     """Run the model over the valid rows, a chunk at a time; yields each chunk's outcomes, in row order.
 
     Photos are read and decoded in worker threads, one chunk ahead of the model. A row whose photo cannot be
@@ -526,14 +526,14 @@ def classify_rows(
         return
     with ThreadPoolExecutor(max_workers=workers or default_workers(), thread_name_prefix="hs-decode") as pool:
 
-        def submit(chunk: list[BatchRow]) -> list[Future]:
+        def submit(chunk: list[BatchRow]) -> list[Future[tuple[tuple[tuple[str, bytes], ...], list[Image.Image]]]]:
             return [pool.submit(_decode_row, r, photos) for r in chunk]
 
         pending = submit(chunks[0])
         for k, chunk in enumerate(chunks):
             decoded, pending = pending, (submit(chunks[k + 1]) if k + 1 < len(chunks) else [])
             outcomes: list[RowOutcome | None] = [None] * len(chunk)
-            ready: list[tuple[int, Any, tuple]] = []
+            ready: list[tuple[int, Query, tuple[tuple[str, bytes], ...]]] = []
             for i, (row, future) in enumerate(zip(chunk, decoded, strict=True)):
                 try:
                     raw, images = future.result()
@@ -548,7 +548,7 @@ def classify_rows(
             yield [o for o in outcomes if o is not None]
 
 
-def _predict(classifier: Classifier, queries: list, top_k: int) -> list[tuple[Prediction | None, str | None]]:
+def _predict(classifier: Classifier, queries: list[Query], top_k: int) -> list[tuple[Prediction | None, str | None]]:
     """One batched call; if it refuses, one call per query so that only the bad one fails."""
     if not queries:
         return []
@@ -618,9 +618,11 @@ def results_xlsx(records: Iterable[Mapping[str, Any]], columns: Sequence[str] = 
     """Result rows as an XLSX workbook; every text cell is stored as text (codes keep leading zeros, no formulas)."""
     from openpyxl import Workbook
     from openpyxl.styles import Font
+    from openpyxl.worksheet.worksheet import Worksheet
 
     book = Workbook(write_only=False)
     sheet = book.active
+    assert isinstance(sheet, Worksheet)  # a new workbook that is not write-only has one worksheet
     sheet.title = "results"
     sheet.append(list(columns))
     for c in sheet[1]:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from hs_core.settings import get_settings
 
 if TYPE_CHECKING:
+    from hs_model.batch import PhotoSource
     from hs_model.predict import Classifier
 
 MODEL_HELP = "model folder (default: HS_MODEL_DIR or assets/model); 'zero-shot' for the untrained model"
@@ -117,7 +118,7 @@ def cmd_predict_batch(args: argparse.Namespace) -> int:
         raise UserError(f"No such folder for --out: {out.parent}")
     if args.images_dir and args.photos_zip:
         raise UserError("Give --images-dir or --photos-zip, not both.")
-    photos = None
+    photos: PhotoSource | None = None
     if args.images_dir:
         photos = DirPhotos(Path(args.images_dir))
     elif args.photos_zip:
@@ -152,7 +153,7 @@ def cmd_predict_batch(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``predict`` and ``explain``."""
     p = sub.add_parser("predict", help="rank HS codes for one product")
     p.add_argument("--text", default=None, help="product description")

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -61,6 +61,8 @@ Method = Literal["integrated_gradients", "grad_cam"]
 Baseline = Literal["blur", "black"]
 METHODS: tuple[Method, ...] = ("integrated_gradients", "grad_cam")
 Box = tuple[int, int, int, int]  # left, top, right, bottom in the photo's pixels
+# f(text [B, E], pooled [B, C], probs [B, 1000], has_text, has_image) -> [B] the explained value
+Scorer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool, bool], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ class WordScore:
     start: int = 0  # character span in the cleaned description
     end: int = 0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, str | float]:
         return {"word": self.word, "score": round(self.score, 6)}
 
 
@@ -155,7 +157,7 @@ class Explanation:
     crop_boxes: list[Box | None] = field(default_factory=list)
     notes: tuple[str, ...] = ()
 
-    def to_json(self, heatmap_paths: Sequence[str] = ()) -> dict:
+    def to_json(self, heatmap_paths: Sequence[str] = ()) -> dict[str, Any]:
         return {
             "code": self.code,
             "level": self.level,
@@ -328,13 +330,15 @@ class Explainer:
         return code
 
     # -- the target ----------------------------------------------------------------------------------------
-    def _scorer(self, level: int, code: str, versus: str | None) -> Callable[..., torch.Tensor]:
+    def _scorer(self, level: int, code: str, versus: str | None) -> Scorer:
         """f(text [B, E], pooled [B, C], probs [B, 1000], has_text, has_image) -> [B] the explained value."""
         model = _scoring_view(self.classifier.model)
         codes = self.classifier.space.codes(level)
         a, b = codes.index(code), (codes.index(versus) if versus else None)
 
-        def score(text, pooled, probs, has_text: bool, has_image: bool) -> torch.Tensor:
+        def score(
+            text: torch.Tensor, pooled: torch.Tensor, probs: torch.Tensor, has_text: bool, has_image: bool
+        ) -> torch.Tensor:
             n = text.shape[0]
             ht = torch.full((n,), has_text, dtype=torch.bool, device=text.device)
             hi = torch.full((n,), has_image, dtype=torch.bool, device=text.device)
@@ -415,7 +419,7 @@ class Explainer:
         return ctx.pooled.mean(0, keepdim=True), ctx.probs.mean(0, keepdim=True)
 
     # -- photo ---------------------------------------------------------------------------------------------
-    def _photo_forward(self, ctx: _Context, i: int, score: Callable) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _photo_forward(self, ctx: _Context, i: int, score: Scorer) -> Callable[[torch.Tensor], torch.Tensor]:
         """Pixels of photo i [B, 3, H, W] -> [B] score; the text and the other photos stay at their real values."""
         tower, n = self.classifier.image_tower, len(ctx.pooled)
         others_pooled = (ctx.pooled.sum(0) - ctx.pooled[i])[None]  # [1, C]
@@ -429,7 +433,7 @@ class Explainer:
 
         return forward
 
-    def _photo_ig(self, ctx: _Context, i: int, score: Callable) -> tuple[np.ndarray, float, float, int]:
+    def _photo_ig(self, ctx: _Context, i: int, score: Scorer) -> tuple[np.ndarray, float, float, int]:
         """Evidence for the target over the crop: IG summed over channels, smoothed, positive part, clipped, scaled.
 
         Smoothing the *signed* map first cancels IG's pixel-level +/- noise; keeping the positive part shows
@@ -439,6 +443,7 @@ class Explainer:
         """
         from captum.attr import IntegratedGradients
 
+        assert ctx.pixels is not None  # photo methods run only for a query with photos
         cfg, x = self.config, ctx.pixels[i : i + 1]
         side = min(x.shape[-2:])
         baseline = _blur(x, cfg.blur_sigma * side) if cfg.baseline == "blur" else _black(x, self.classifier)
@@ -463,10 +468,11 @@ class Explainer:
     def _complete(self, delta: float, change: float) -> bool:
         return abs(delta) <= self.config.rel_tolerance * abs(change) + self.config.abs_tolerance
 
-    def _photo_grad_cam(self, ctx: _Context, i: int, score: Callable) -> np.ndarray:
+    def _photo_grad_cam(self, ctx: _Context, i: int, score: Scorer) -> np.ndarray:
         """ReLU Grad-CAM on the image tower's last convolution, bilinearly upsampled to the crop."""
         from captum.attr import LayerAttribution, LayerGradCam
 
+        assert ctx.pixels is not None  # photo methods run only for a query with photos
         x = ctx.pixels[i : i + 1].detach().clone().requires_grad_(True)  # gives the layer output a grad path
         cam = LayerGradCam(self._photo_forward(ctx, i, score), self._image_tap)
         with _relay(self.classifier.image_tower.last_conv, self._image_tap):
@@ -491,7 +497,7 @@ class Explainer:
         return out
 
     # -- text ----------------------------------------------------------------------------------------------
-    def _text_ig(self, ctx: _Context, score: Callable) -> tuple[list[WordScore], float, float]:
+    def _text_ig(self, ctx: _Context, score: Scorer) -> tuple[list[WordScore], float, float]:
         """LIG over the word embeddings; baseline = PAD everywhere but the special tokens; pieces summed per word."""
         from captum.attr import LayerIntegratedGradients
 
@@ -572,7 +578,7 @@ def merge_word_pieces(
 
 def merge_hash_pieces(pieces: Sequence[str], scores: Sequence[float], keep: Sequence[bool]) -> list[WordScore]:
     """Fallback for slow tokenizers: "##" continuation pieces are summed into the piece before them."""
-    words: list[list] = []
+    words: list[list[Any]] = []  # [word, score], grown in place
     for p, s, k in zip(pieces, scores, keep, strict=True):
         if not k:
             continue

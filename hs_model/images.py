@@ -40,7 +40,7 @@ def load_image(source: bytes | Path, name: str = "photo", limits: Limits = LIMIT
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             fmt = image.format
             if fmt not in PILLOW_FORMATS:
                 raise ImageError(f"{name}: {fmt or 'unknown'} files are not supported; use JPEG, PNG or WebP.")

@@ -90,6 +90,17 @@ class ModelOutput:
 class HsJointModel(nn.Module):
     """Joint space D = the text tower's width, so the untrained model is exactly zero-shot retrieval."""
 
+    # buffers (register_buffer): declared for the type checker, nn.Module's __getattr__ types them loosely
+    temperature: torch.Tensor
+    review_threshold: torch.Tensor
+    sub_to_head: torch.Tensor
+    sub_to_chap: torch.Tensor
+    bank_text: torch.Tensor
+    bank_index: torch.Tensor
+    bank_heading: torch.Tensor
+    bank_chapter: torch.Tensor
+    bank_class_names: torch.Tensor
+
     def __init__(self, space: LabelSpace, bank: LabelBank, cfg: HeadConfig = HeadConfig()) -> None:
         super().__init__()
         self.space, self.cfg = space, cfg

@@ -11,6 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from PIL import Image
@@ -46,7 +47,7 @@ class Candidate:
     description: str
     score: float
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, str | float]:
         return {"code": self.code, "description": self.description, "score": round(self.score, 6)}
 
 
@@ -77,7 +78,7 @@ class Prediction:
     def top(self) -> Candidate:
         return self.levels[6][0]
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return {
             "model_version": self.model_version,
             "nomenclature_edition": self.nomenclature_edition,
@@ -261,6 +262,7 @@ class Classifier:
         n, it = len(queries), self.image_tower
         pooled, probs = torch.zeros(n, it.dim), torch.zeros(n, 1000)
         slot_of: dict[int, int] = {}  # id(image) -> row in `images`
+        images: list[Image.Image]
         images, owner, slot = [], [], []
         for i, q in enumerate(queries):
             for image in q.images:
@@ -293,8 +295,8 @@ class Features:
     @staticmethod
     def concat(parts: Sequence[Features]) -> Features:
         fields = ("text", "image_pooled", "image_probs", "has_text", "has_image")
-        cat = [torch.cat([getattr(p, f) for p in parts]) for f in fields]
-        return Features(*cat, notes=tuple(n for p in parts for n in p.notes))
+        text, pooled, probs, has_text, has_image = (torch.cat([getattr(p, f) for p in parts]) for f in fields)
+        return Features(text, pooled, probs, has_text, has_image, notes=tuple(n for p in parts for n in p.notes))
 
     def as_inputs(self, device: torch.device) -> tuple[torch.Tensor, ...]:
         return tuple(
@@ -305,8 +307,8 @@ class Features:
 def bridge_prompt(card: ModelCard) -> str:
     """The class-name prompt a model was trained with (cards from before the setting existed used the legacy one)."""
     if card.kind == "zero-shot":
-        return card.training.get("bridge_prompt", DEFAULT_BRIDGE_PROMPT)
-    return card.training.get("bridge_prompt", LEGACY_BRIDGE_PROMPT)
+        return cast(str, card.training.get("bridge_prompt", DEFAULT_BRIDGE_PROMPT))
+    return cast(str, card.training.get("bridge_prompt", LEGACY_BRIDGE_PROMPT))
 
 
 def zero_shot_card(towers: TowerConfig) -> ModelCard:

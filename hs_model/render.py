@@ -10,7 +10,7 @@ import io
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -25,8 +25,10 @@ _NEGATIVE = (220, 38, 38)  # red: pushes away from it
 
 
 class WordLike(Protocol):
-    word: str
-    score: float
+    @property
+    def word(self) -> str: ...
+    @property
+    def score(self) -> float: ...
 
 
 def overlay_png(
@@ -143,7 +145,7 @@ def words_html(words: Iterable[WordLike]) -> str:
     return f'<div class="hs-words" style="line-height: 2">{" ".join(spans)}</div>'
 
 
-def write_explanation_set(result: ExplanationSet, photos: Sequence[Image.Image], out: Path) -> dict:
+def write_explanation_set(result: ExplanationSet, photos: Sequence[Image.Image], out: Path) -> dict[str, Any]:
     """Overlay PNGs (IG, Grad-CAM, contrast; one per photo) and words.html under `out`; the JSON summary.
 
     The summary is the IG explanation's `to_json` with `image_heatmaps` = its PNG paths, plus `grad_cam` and

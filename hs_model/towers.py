@@ -6,10 +6,12 @@ import logging
 import math
 import os
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import timm
 import torch
@@ -20,6 +22,9 @@ from torch import nn
 
 from hs_core.settings import PACKAGED_IMAGE_TOWER, PACKAGED_TEXT_TOWER, get_settings
 from hs_model.config import TowerConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +70,13 @@ class TextTower(nn.Module):
         from transformers import AutoModel, AutoTokenizer  # lazy: 0.7 s of imports
         from transformers.utils import logging as hf_logging
 
-        hf_logging.disable_progress_bar()
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # transformers leaves it unannotated
 
         source = _packaged_text_path() if name == PACKAGED_TEXT_TOWER else name
         self.name = name
         self.max_length = max_length
-        self.tokenizer = AutoTokenizer.from_pretrained(source)
-        self.model = AutoModel.from_pretrained(source).eval()
+        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(source)
+        self.model: PreTrainedModel = AutoModel.from_pretrained(source).eval()
         self.dim: int = self.model.config.hidden_size
 
     @property
@@ -124,6 +129,9 @@ class ImageTower(nn.Module):
     def __init__(self, name: str = PACKAGED_IMAGE_TOWER) -> None:
         super().__init__()
         self.name = name
+        # Any: timm's verbs (forward_features, forward_head, get_classifier, num_features) are defined by each
+        # architecture's class; create_model is typed as returning a plain nn.Module, which has none of them.
+        self.model: Any
         if name == PACKAGED_IMAGE_TOWER:
             self.model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000)
             self.model.load_state_dict(load_packaged_efficientnet_lite0(), strict=True)
@@ -131,18 +139,20 @@ class ImageTower(nn.Module):
             self.model = timm.create_model(name, pretrained=True)
         # NHWC weights: oneDNN's convolutions run 20-25 % faster on this CPU (26.7 -> 20.6 ms a photo), same outputs
         self.model.eval().to(memory_format=torch.channels_last)
-        self.data_config = resolve_data_config({}, model=self.model)
-        self.transform = create_transform(**self.data_config, is_training=False)
+        self.data_config = resolve_data_config({}, model=self.model)  # type: ignore[no-untyped-call]  # timm: unannotated
+        self.transform: Callable[[Image.Image], torch.Tensor] = create_transform(**self.data_config, is_training=False)
         self.dim: int = self.model.num_features
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        first: nn.Parameter = next(self.model.parameters())
+        return first.device
 
     @property
     def last_conv(self) -> nn.Module:
         """Last convolutional stage (for LayerGradCam)."""
-        return self.model.conv_head if hasattr(self.model, "conv_head") else self.model.blocks[-1]
+        conv: nn.Module = self.model.conv_head if hasattr(self.model, "conv_head") else self.model.blocks[-1]
+        return conv
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """PIL RGB images -> normalised batch [N, 3, H, W] on the tower's device.
@@ -189,7 +199,7 @@ def build_towers(config: TowerConfig) -> tuple[TextTower, ImageTower, torch.devi
     text = TextTower(config.text_model, config.text_max_length).to(device)
     image = ImageTower(config.image_model).to(device)
     if device.type == "cuda" and config.half_on_cuda:
-        text.model.half()
+        text.model.half()  # type: ignore[no-untyped-call]  # transformers overrides half() without annotations
         image.model.half()
     for p in (*text.parameters(), *image.parameters()):
         p.requires_grad_(False)

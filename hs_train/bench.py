@@ -21,9 +21,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from PIL import Image, ImageDraw, ImageFilter
+
+if TYPE_CHECKING:
+    from hs_core.settings import DeviceChoice
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +138,9 @@ def machine() -> dict[str, Any]:
     }
 
 
-def run_bench(config: BenchConfig = BenchConfig(), model_dir: Path | None = None, device: str = "auto") -> dict:
+def run_bench(
+    config: BenchConfig = BenchConfig(), model_dir: Path | None = None, device: DeviceChoice = "auto"
+) -> dict:
     """Every measurement of the DESIGN.md `bench` shape, plus the overhead ratio and context (machine, load).
 
     Args:
@@ -180,7 +185,11 @@ def run_bench(config: BenchConfig = BenchConfig(), model_dir: Path | None = None
     batch: dict[str, float] = {}
     for size in config.batch_sizes:
         queries = [Query(text(i), (image(i).copy(),)) for i in range(size)]  # distinct photos: no sharing shortcut
-        times = _timed(lambda _i, q=queries: clf.predict_batch(q), config.slow_warmup, config.batch_repeats, sync)
+
+        def run(_i: int, q: list[Query] = queries) -> object:
+            return clf.predict_batch(q)
+
+        times = _timed(run, config.slow_warmup, config.batch_repeats, sync)
         batch[str(size)] = round(size / (statistics.median(times) / 1000), 2)
         del queries
 
@@ -261,7 +270,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def cold_start(model_dir: Path | None, device: str) -> dict[str, Any]:
+def cold_start(model_dir: Path | None, device: DeviceChoice) -> dict[str, Any]:
     """A fresh Python process: start -> imports -> model loaded -> first text+photo prediction; then a batch of 32.
 
     Returns its timings and its peak RSS (getrusage, after the batch).
@@ -290,7 +299,7 @@ def _cold_child(model: str, device: str) -> None:
     from hs_model.predict import Classifier, Query
 
     t1 = time.perf_counter()
-    towers = dataclasses.replace(TowerConfig.from_env(), device=device)
+    towers = dataclasses.replace(TowerConfig.from_env(), device=cast("DeviceChoice", device))  # TowerConfig checks it
     clf = Classifier(None if model == "zero-shot" else Path(model), towers)
     t2 = time.perf_counter()
     image = synthetic_images(1)[0]

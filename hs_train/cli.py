@@ -118,7 +118,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the training and evaluation commands."""
     p = sub.add_parser("evaluate", help="accuracy on an evaluation JSONL file")
     p.add_argument("--data", required=True, help='JSONL: {"text": ..., "images": [...], "hs": "610910"} per line')

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from hs_core.nomenclature import get_nomenclature
 
@@ -235,7 +235,7 @@ def convert_atlas(src: Path) -> list[dict]:
     return _report_outside_hs2022("ATLAS", rows)
 
 
-def write_eval_jsonl(rows: Iterable[Mapping[str, object]], out: Path) -> int:
+def write_eval_jsonl(rows: Iterable[Mapping[str, Any]], out: Path) -> int:
     """Write rows in the evaluation format (one JSON object a line, UTF-8), creating the folder.
 
     Args:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from PIL import Image
 
 from hs_model.errors import InputError
 from hs_model.images import ImageError, load_image
@@ -32,7 +33,7 @@ class RowResult:
 def to_query(example: Example, modality: Modality) -> Query | None:
     """The example seen through one modality; None when that modality is absent (or a photo is unreadable)."""
     text = example.text if modality in ("text", "both") else None
-    images = ()
+    images: tuple[Image.Image, ...] = ()
     if modality in ("image", "both") and example.images:
         try:
             images = tuple(load_image(p, p.name) for p in example.images)
@@ -48,6 +49,7 @@ def encode_rows(
     classifier: Classifier, examples: Sequence[Example], modality: Modality, batch_size: int = 32
 ) -> tuple[list[int], Features | None]:
     """Run the towers over every row the modality can serve: (row indices, their features)."""
+    served: list[int]
     served, parts = [], []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -45,7 +46,7 @@ def cached_image_features(tower: ImageTower, paths: Sequence[Path], tag: str) ->
     pooled, probs = torch.zeros(len(paths), tower.dim), torch.zeros(len(paths), 1000)
     ok = torch.zeros(len(paths), dtype=torch.bool)
     batch: list[int] = []
-    images = []
+    images: list[Image.Image] = []
 
     def flush() -> None:
         if batch:

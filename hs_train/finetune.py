@@ -31,7 +31,7 @@ from hs_model.checkpoint import ModelCard, load_checkpoint
 from hs_model.config import cache_dir
 from hs_model.errors import InputError
 from hs_model.model import HsJointModel, LabelSpace, ModelOutput
-from hs_model.predict import Features, Query, trained_parts
+from hs_model.predict import Classifier, Features, Query, trained_parts
 from hs_train.datasets import split_of
 from hs_train.train import FeatureSet, TrainConfig, calibrate, fit
 
@@ -82,7 +82,8 @@ class FinetuneConfig:
 
 def part_of(line_item_id: int | str) -> Part:
     """Deterministic part of a reviewed item by the md5 of its line item id (about 70 / 10 / 20 %)."""
-    return {"train": "train", "val": "val", "test": "heldout"}[split_of(f"line-item-{line_item_id}")]
+    parts: dict[str, Part] = {"train": "train", "val": "val", "test": "heldout"}
+    return parts[split_of(f"line-item-{line_item_id}")]
 
 
 # -- reviewed decisions as plain data ------------------------------------------------------------------------------
@@ -147,7 +148,7 @@ class LabelledSet:
         )
 
 
-def _tower_key(classifier) -> str:
+def _tower_key(classifier: Classifier) -> str:
     tt, it = classifier.text_tower, classifier.image_tower
     return hashlib.sha256(f"{tt.name}|{getattr(tt, 'max_length', '')}|{it.name}".encode()).hexdigest()[:12]
 
@@ -157,7 +158,9 @@ def _item_key(item: ReviewedItem) -> str:
     return hashlib.sha256("\x1f".join([item.text, *(p.name for p in item.photos)]).encode()).hexdigest()[:12]
 
 
-def encode_items(classifier, items: Sequence[ReviewedItem], batch_size: int = 32) -> tuple[LabelledSet, int]:
+def encode_items(
+    classifier: Classifier, items: Sequence[ReviewedItem], batch_size: int = 32
+) -> tuple[LabelledSet, int]:
     """Tower features of reviewed items, cached on disk per line item and towers.
 
     Returns:
@@ -207,7 +210,8 @@ def encode_items(classifier, items: Sequence[ReviewedItem], batch_size: int = 32
     if not order:
         none = torch.zeros(0, dtype=torch.bool)
         dims = (classifier.text_tower.dim, classifier.image_tower.dim, 1000)
-        return LabelledSet(Features(*(torch.zeros(0, d) for d in dims), none, none), ()), len(items)
+        text, pooled, probs = (torch.zeros(0, d) for d in dims)
+        return LabelledSet(Features(text, pooled, probs, none, none), ()), len(items)
     feats = Features(
         torch.stack([rows[n]["text"] for n in order]),
         torch.stack([rows[n]["pooled"] for n in order]),
@@ -219,13 +223,13 @@ def encode_items(classifier, items: Sequence[ReviewedItem], batch_size: int = 32
     return LabelledSet(feats, golds, tuple(str(items[n].line_item_id) for n in order)), len(items) - len(order)
 
 
-def _encode(classifier, queries: list[Query]) -> Features:
+def _encode(classifier: Classifier, queries: list[Query]) -> Features:
     lock = getattr(classifier, "lock", None) or contextlib.nullcontext()
     with lock:  # explanations hook the shared towers while they run
         return classifier.encode(queries)
 
 
-def _encode_one_by_one(classifier, chunk: list[tuple[int, Query, Path]]) -> tuple[list, list[Features]]:
+def _encode_one_by_one(classifier: Classifier, chunk: list[tuple[int, Query, Path]]) -> tuple[list, list[Features]]:
     kept, parts = [], []
     for entry in chunk:
         try:
@@ -236,7 +240,7 @@ def _encode_one_by_one(classifier, chunk: list[tuple[int, Query, Path]]) -> tupl
     return kept, parts
 
 
-def load_benchmark(classifier, data_dir: Path | None = None) -> LabelledSet | None:
+def load_benchmark(classifier: Classifier, data_dir: Path | None = None) -> LabelledSet | None:
     """The fixed benchmark: HSCodeComp and ATLAS validation (text), converted as the report does; None if absent.
 
     Evaluation only: these rows are never trained on.
@@ -280,7 +284,8 @@ def predicted_codes(
     out: dict[int, list[str]] = {lv: [] for lv in levels}
     columns = (feats.text, feats.image_pooled, feats.image_probs, feats.has_text, feats.has_image)
     for i in range(0, len(feats.has_text), chunk):
-        logits = model(*Features(*(t[i : i + chunk] for t in columns)).as_inputs(device)).logits
+        text, pooled, probs, has_text, has_image = (t[i : i + chunk] for t in columns)
+        logits = model(*Features(text, pooled, probs, has_text, has_image).as_inputs(device)).logits
         for lv in levels:
             codes = model.space.codes(lv)
             out[lv] += [codes[j] for j in model.level_log_probs(logits, lv).argmax(-1).tolist()]
@@ -331,7 +336,7 @@ def gate_scores(
         digest.update("\x1f".join(benchmark.golds).encode())
         path = cache_dir() / "gate" / f"{digest.hexdigest()[:24]}.json"
     if path is not None and path.is_file():
-        b = {int(k): tuple(v) for k, v in json.loads(path.read_text()).items()}
+        b: dict[int, tuple[float | None, int]] = {int(k): (v[0], v[1]) for k, v in json.loads(path.read_text()).items()}
     else:
         b = accuracies(model, benchmark)
         if path is not None:
@@ -409,7 +414,7 @@ class BaseModel:
     card: ModelCard
 
 
-def load_base(classifier, folder: Path | None, expected_sha256: str | None = None) -> BaseModel:
+def load_base(classifier: Classifier, folder: Path | None, expected_sha256: str | None = None) -> BaseModel:
     """A version's trained parts on the classifier's towers (hash-checked), as a model nobody else uses."""
     if folder is None:
         other = classifier.with_model(None)
@@ -457,12 +462,14 @@ class _FixedPrototypes(HsJointModel):
     def prototypes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if self._proto_cache is None:
             with torch.no_grad():
-                self._proto_cache = tuple(
-                    self.embed_text(t) for t in (self.bank_text, self.bank_heading, self.bank_chapter)
-                )  # type: ignore[assignment]
+                self._proto_cache = (
+                    self.embed_text(self.bank_text),
+                    self.embed_text(self.bank_heading),
+                    self.embed_text(self.bank_chapter),
+                )
         return self._proto_cache
 
-    def train(self, mode: bool = True) -> HsJointModel:
+    def train(self, mode: bool = True) -> _FixedPrototypes:
         return nn.Module.train(self, mode)  # keep the cache: the prototypes cannot change
 
     def forward(
@@ -517,7 +524,7 @@ def train_candidate(
     if "text_adapter" in cfg.freeze:
         model._proto_cache = None
         model.__class__ = _FixedPrototypes  # same parameters and buffers; only the caching differs
-        model._retrieval = {}
+        model._retrieval = {}  # type: ignore[assignment]  # the class swap above is invisible to the checker
     if not len(val):
         val = train  # too few items for a calibration part: pick the epoch on the training items
     tcfg = TrainConfig(

@@ -112,7 +112,7 @@ def us_hts_texts(data_dir: Path) -> dict[str, list[str]]:
     subheadings = get_nomenclature().subheading_index
     texts: dict[str, list[str]] = {}
     seen: dict[str, set[str]] = {}
-    counts = Counter()
+    counts = Counter[str]()
     for file in files:
         with file.open(encoding="utf-8-sig", newline="") as handle:
             for digits, path in us_lines(csv.DictReader(handle)):
@@ -143,7 +143,7 @@ def _uk_texts_by_kind(data_dir: Path) -> dict[str, dict[str, list[str]]]:
     subheadings = get_nomenclature().subheading_index
     by_kind: dict[str, dict[str, list[str]]] = {kind: {} for kind in _UK_KINDS}
     seen: dict[str, set[str]] = {}  # per code, across kinds
-    counts = Counter()
+    counts = Counter[str]()
 
     def add(kind: str, commodity: object, values: Iterable[object]) -> None:
         digits = str(commodity or "").strip()

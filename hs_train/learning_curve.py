@@ -16,7 +16,7 @@ import hashlib
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,7 @@ def _order(text: str, seed: int) -> str:
     return hashlib.md5(f"{seed}:{_norm(text)}".encode()).hexdigest()
 
 
-def build_pool(data_dir: Path, cfg: CurveConfig, exclude_texts: set[str] = frozenset()) -> list[Example]:
+def build_pool(data_dir: Path, cfg: CurveConfig, exclude_texts: Set[str] = frozenset()) -> list[Example]:
     """Labelled parcel descriptions the shipped model did not train on, deduplicated, in a fixed random order."""
     uk = load_uk_parcels(data_dir)
     trained = {_norm(e.text) for e in uk if split_of(e.text or e.id) != "test"}

@@ -51,6 +51,7 @@ def myntra_conditions(data_dir: Path) -> list[Condition]:
 def myntra_features(classifier: Classifier, cond: Condition) -> tuple[list[int], Features]:
     """The same tower outputs `Classifier.encode` gives (one photo per product), with the photos' features read
     from the cache that training filled (every Myntra photo, computed once), so five conditions cost seconds."""
+    assert cond.data_dir is not None  # called only for Myntra conditions, which have a data folder
     img, row_of = myntra_image_features(classifier.image_tower, cond.data_dir)
     idx = torch.tensor([row_of[e.id] for e in cond.examples], dtype=torch.long)
     use_text = cond.modality in ("text", "both")
@@ -91,6 +92,7 @@ def cached_encode(classifier: Classifier, cond: Condition) -> tuple[list[int], F
     if path.is_file():
         t = load_file(str(path))
         return t["served"].tolist(), Features(t["text"], t["pooled"], t["probs"], t["has_text"], t["has_image"])
+    feats: Features | None
     if cond.data_dir is not None:
         served, feats = myntra_features(classifier, cond)
     else:

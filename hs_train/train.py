@@ -27,7 +27,7 @@ from hs_model.model import HeadConfig, HsJointModel, LabelSpace
 from hs_model.predict import trained_parts
 from hs_model.towers import ImageTower, TextTower
 from hs_train.calibration import choose_threshold, dataset_weights
-from hs_train.datasets import split_of
+from hs_train.datasets import Split, split_of
 from hs_train.features import cached_text_embeddings, myntra_image_features
 from hs_train.losses import ClipLoss, hierarchical_nll, within_heading_kl
 
@@ -73,14 +73,14 @@ class FeatureSet:
 
     def subset(self, idx: torch.Tensor) -> FeatureSet:
         src = [self.source[i] for i in idx.tolist()] if self.source else []
-        return FeatureSet(*(getattr(self, f)[idx] for f in _TENSORS), source=src)
+        tensors: dict[str, torch.Tensor] = {f: getattr(self, f)[idx] for f in _TENSORS}
+        return FeatureSet(**tensors, source=src)
 
     @staticmethod
     def concat(parts: Sequence[FeatureSet]) -> FeatureSet:
         parts = [p for p in parts if len(p)]
-        return FeatureSet(
-            *(torch.cat([getattr(p, f) for p in parts]) for f in _TENSORS), source=sum((p.source for p in parts), [])
-        )
+        tensors: dict[str, torch.Tensor] = {f: torch.cat([getattr(p, f) for p in parts]) for f in _TENSORS}
+        return FeatureSet(**tensors, source=sum((p.source for p in parts), []))
 
 
 _TENSORS = ("text", "pooled", "probs", "has_text", "has_image", "target", "level", "exclude", "pair")
@@ -304,7 +304,7 @@ class Trainer:
             source=[source] * n,
         )
 
-    def myntra_views(self, split: str) -> dict[str, FeatureSet]:
+    def myntra_views(self, split: Split) -> dict[str, FeatureSet]:
         """Myntra products of one split as views: full (title + photo), text, image, brand (first word + photo)."""
         from hs_train.datasets import load_myntra
 

@@ -28,5 +28,7 @@ fi
 
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+# Type check (configuration in pyproject.toml: strict on hs_core, hs_model and services; basic on db and hs_train).
+.venv/bin/mypy
 # -m "" overrides the default marker filter in pyproject.toml: run everything, slow and browser tests too.
 .venv/bin/python -m pytest -m "" -p no:cacheprovider --timeout 900 "$@"

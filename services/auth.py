@@ -10,6 +10,7 @@ import threading
 import zlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -130,7 +131,7 @@ def create_user(session: Session, actor: Actor | None, username: str, password: 
     """
     bootstrap = actor is None and count_users(session) == 0
     if not bootstrap:
-        require_role(actor, "admin", action="create users")
+        actor = require_role(actor, "admin", action="create users")
         refresh_actor(session, actor)
     elif role != "admin":
         raise InvalidInput("The first user must be an admin.")
@@ -163,7 +164,7 @@ def provision_user(
 
 def set_user_active(session: Session, actor: Actor | None, username: str, active: bool) -> User:
     """Activate or deactivate a user (admins only; admins cannot deactivate themselves)."""
-    require_role(actor, "admin", action="manage users")
+    actor = require_role(actor, "admin", action="manage users")
     refresh_actor(session, actor)
     user = find_user(session, username)
     if user is None:
@@ -198,7 +199,7 @@ def _failure_times(session: Session, username: str, now: datetime) -> list[datet
     return list(session.scalars(stmt))
 
 
-def _audit_outside_transaction(session: Session, **event) -> None:
+def _audit_outside_transaction(session: Session, **event: Any) -> None:
     # A failed sign-in raises, so the caller's transaction rolls back; the failure must survive that.
     with Session(bind=session.get_bind()) as own, own.begin():
         add_audit_event(own, **event)
@@ -255,6 +256,7 @@ def _authenticate(session: Session, name: str, password: str, *, impossible: boo
         )
         log.info("sign-in failed for %r (%s)", name, reason)
         raise PermissionDenied("Invalid username or password.")
+    assert user is not None  # reason is None only for a found user
 
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = hash_password(password)

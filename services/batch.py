@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 from sqlalchemy import select
@@ -52,7 +52,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Transact = Callable[[Callable[[Session], T]], T]  # e.g. screens.common.in_transaction
+
+
+class Transact(Protocol):
+    """Runs ``fn(session)`` in its own transaction and returns its result (e.g. screens.common.in_transaction)."""
+
+    def __call__(self, fn: Callable[[Session], T], /) -> T: ...
+
 
 __all__ = [
     "MAX_ROWS",
@@ -215,7 +221,7 @@ def run_batch(
         PermissionDenied: not a broker or admin, or the account changed since sign-in.
         InvalidInput: no or an over-long shipment reference.
     """
-    require_role(actor, *SUBMITTERS, action="classify products")
+    actor = require_role(actor, *SUBMITTERS, action="classify products")
     shipment_ref = _clean_shipment(shipment_ref)
     rows = check.file.valid_rows
     keys = _row_keys(rows, check.photos)
@@ -273,7 +279,7 @@ class _Run:
         self,
         rows: Sequence[BatchRow],
         keys: dict[int, tuple[str, str]],
-        stored: dict[tuple[str, str], tuple[int, dict]],
+        stored: dict[tuple[str, str], tuple[int, dict[str, Any]]],
     ) -> list[BatchRow]:
         """Take the lines an earlier run of the same file stored; return the ones still to classify."""
         for row in rows:
@@ -352,9 +358,11 @@ def _classify_and_store(
     try:
         for outcomes in chunks:
             outcomes = last_chunk = [_storable(o) for o in outcomes]
-            saved = transact(
-                lambda s, outcomes=outcomes: _store_chunk(s, actor, shipment_ref, outcomes, keys, photo_root)
-            )
+
+            def store(s: Session, outcomes: list[RowOutcome] = outcomes) -> dict[int, tuple[int, bool]]:
+                return _store_chunk(s, actor, shipment_ref, outcomes, keys, photo_root)
+
+            saved = transact(store)
             run.take(outcomes, saved)
             run.report()
             if should_stop is not None and should_stop():
@@ -426,6 +434,7 @@ def _store_chunk(
     saved: dict[int, tuple[int, bool]] = {}
     for outcome in good:
         row, prediction = outcome.row, outcome.prediction
+        assert prediction is not None  # `good` holds only outcomes with a prediction
         key = keys[row.line]
         if key in present:
             saved[row.line] = (present[key], False)
@@ -454,12 +463,14 @@ def _store_chunk(
         saved[row.line] = (item.id, True)
     new_ids = [item_id for item_id, fresh in saved.values() if fresh]
     if new_ids:
+        first = good[0].prediction
+        assert first is not None  # `good` holds only outcomes with a prediction
         detail = {
             "shipment": shipment_ref,
             "line_items": len(new_ids),
             "first_line_item_id": min(new_ids),
             "last_line_item_id": max(new_ids),
-            "model_version": good[0].prediction.model_version,
+            "model_version": first.model_version,
         }
         add_audit_event(
             session, action="batch_classification", user_id=actor.user_id, username=actor.username, detail=detail

@@ -206,7 +206,7 @@ def classify_and_record(
         PermissionDenied: Not signed in, not a broker or admin, or the account changed since sign-in.
         InvalidInput: Bad input (see `classify`) or a reference over its length limit.
     """
-    require_role(actor, *SUBMITTERS, action="classify products")
+    actor = require_role(actor, *SUBMITTERS, action="classify products")
     shipment_ref = _clean_ref(shipment_ref, "shipment reference")
     line_ref = _clean_ref(line_ref, "line reference")
     result = classify(classifier, text=text, photos=photos, top_k=top_k)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from hs_core.settings import DEFAULT_DATA_DIR
 from hs_model.cli import UserError
@@ -19,7 +20,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from services.errors import ServiceError
     from services.models import run_finetune_as_operator
 
-    def progress(row: dict) -> None:
+    def progress(row: dict[str, Any]) -> None:
         print(f"epoch {row['epoch']}/{row['epochs']}: loss {row['loss']:.3f}, accuracy {row['val_top1']:.3f}",
               file=sys.stderr)  # fmt: skip
 
@@ -45,7 +46,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``finetune``."""
     p = sub.add_parser("finetune", help="fine-tune the active model on reviewed decisions; the evaluation gate decides")
     p.add_argument("--db", required=True, help="database URL, e.g. sqlite:///var/hs_desk.sqlite3")

@@ -183,6 +183,7 @@ def approve(session: Session, actor: Actor | None, line_item_id: int, comment: s
         InvalidInput: The item is not waiting for review.
     """
     item, state = _start_review(session, actor, line_item_id, "approve classifications")
+    assert actor is not None  # _start_review refuses anyone not signed in
     prediction = latest_prediction(session, item.id)
     return _record(
         session,
@@ -212,6 +213,7 @@ def correct(
         InvalidInput: Not waiting for review, no reason, bad code, or the same code as submitted.
     """
     item, state = _start_review(session, actor, line_item_id, "correct classifications")
+    assert actor is not None  # _start_review refuses anyone not signed in
     text = _comment(reason, required="Give a reason for the correction.")
     code = normalise_code(code, valid_code)
     if code == state.submitted_code:
@@ -229,6 +231,7 @@ def reject(session: Session, actor: Actor | None, line_item_id: int, reason: str
         InvalidInput: Not waiting for review, or no reason.
     """
     item, _ = _start_review(session, actor, line_item_id, "reject classifications")
+    assert actor is not None  # _start_review refuses anyone not signed in
     text = _comment(reason, required="Give a reason for the rejection.")
     prediction = latest_prediction(session, item.id)
     return _record(session, actor, item, kind="rejected", code=None, comment=text, prediction=prediction)

@@ -14,6 +14,8 @@ from services.classify import UploadedPhoto, official_path
 from services.errors import InvalidInput
 
 if TYPE_CHECKING:  # torch and captum are imported only where an explanation is computed
+    from PIL import Image
+
     from hs_model.explain import Explanation
     from hs_model.predict import Classifier
 
@@ -125,7 +127,7 @@ def explain_candidate(
     )
 
 
-def _png(image) -> bytes:
+def _png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()

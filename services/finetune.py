@@ -66,7 +66,7 @@ class FinetuneResult:
     parts: dict[str, int]
     skipped: int
     metrics: dict[str, Any]
-    history: list[dict]
+    history: list[dict[str, Any]]
     seconds: dict[str, float]
 
     def to_json(self) -> dict[str, Any]:
@@ -102,7 +102,7 @@ def run(
     photo_root: Path | None = None,
     root: Path | None = None,
     benchmark: LabelledSet | None | Literal["load"] = "load",
-    on_epoch: Callable[[dict], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> FinetuneResult:
     """Fine-tune on the database's reviewed decisions, write the new version and let the gate decide.
 
@@ -127,7 +127,9 @@ def run(
     root = root or model_store.store_root()
     t0 = time.perf_counter()
 
-    def prepare(session):
+    def prepare(
+        session: Session,
+    ) -> tuple[model_versions.VersionRecord, model_versions.VersionRecord, list[ReviewedItem]]:
         active = model_registry.ensure_default_registered(session, root=root)
         try:
             base = (
@@ -172,7 +174,7 @@ def run(
         folder, card = model_store.write_version(outcome.tensors, outcome.card, root)
         decision = outcome.decision
 
-        def record(session):
+        def record(session: Session) -> tuple[bool, str]:
             rec = model_registry.register_folder(session, folder, created_by=user_id)
             current = model_versions.active_version(session)
             if decision.activate and current is not None and current.id == active_rec.id:

@@ -31,6 +31,7 @@ from services.errors import InvalidInput, NotFound, PermissionDenied, ServiceErr
 from services.finetune import FinetuneResult
 
 if TYPE_CHECKING:  # hs_train.finetune trains with torch: imported only when a fine-tune runs
+    from hs_model.predict import Classifier
     from hs_train.finetune import FinetuneConfig
 
 log = logging.getLogger(__name__)
@@ -81,12 +82,11 @@ def data_dir() -> Path:
 
 
 def _admin(session: Session, actor: Actor | None, action: str) -> Actor:
-    refresh_actor(session, require_role(actor, ADMIN, action=action))
-    return actor
+    return refresh_actor(session, require_role(actor, ADMIN, action=action))
 
 
 def _view(
-    record: model_versions.VersionRecord, active_id: str | None, rollback_to: str | None, users: dict
+    record: model_versions.VersionRecord, active_id: str | None, rollback_to: str | None, users: dict[int | None, str]
 ) -> VersionView:
     gate = record.gate
     cand, before = gate.get("candidate") or {}, gate.get("active") or {}
@@ -127,7 +127,9 @@ def list_versions(session: Session, actor: Actor | None) -> list[VersionView]:
     active = model_versions.active_version(session)
     rollback_to = model_versions.previous_active(session)
     ids = {r.created_by for r in records if r.created_by is not None}
-    users = {u.id: u.username for u in session.scalars(select(User).where(User.id.in_(ids)))} if ids else {}
+    users: dict[int | None, str] = (
+        {u.id: u.username for u in session.scalars(select(User).where(User.id.in_(ids)))} if ids else {}
+    )
     return [_view(r, active.id if active else None, rollback_to, users) for r in records]
 
 
@@ -142,8 +144,8 @@ def new_reviewed_since_active(session: Session) -> int:
 def run_finetune(
     session_factory: sessionmaker[Session],
     actor: Actor | None,
-    classifier: Any,
-    on_epoch: Callable[[dict], None] | None = None,
+    classifier: Classifier,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
     *,
     base: str | None = None,
     cfg: FinetuneConfig | None = None,
@@ -160,7 +162,7 @@ def run_finetune(
         InvalidInput: Too few reviewed decisions, unknown base version, or another fine-tune running.
         ModelIntegrityError: The base or active version's files fail their hash check.
     """
-    require_role(actor, ADMIN, action="fine-tune the model")
+    actor = require_role(actor, ADMIN, action="fine-tune the model")
     run_transaction(session_factory, lambda session: refresh_actor(session, actor))
     return _finetune(
         session_factory, classifier, actor.username, actor.user_id, on_epoch, base=base, cfg=cfg, data=data
@@ -169,9 +171,9 @@ def run_finetune(
 
 def run_finetune_as_operator(
     session_factory: sessionmaker[Session],
-    classifier: Any,
+    classifier: Classifier,
     started_by: str | None,
-    on_epoch: Callable[[dict], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
     *,
     base: str | None = None,
     data: Path | None = None,
@@ -200,10 +202,10 @@ def run_finetune_as_operator(
 
 def _finetune(
     session_factory: sessionmaker[Session],
-    classifier: Any,
+    classifier: Classifier,
     started_by: str,
     user_id: int | None,
-    on_epoch: Callable[[dict], None] | None,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
     *,
     base: str | None,
     cfg: FinetuneConfig | None = None,
@@ -249,7 +251,7 @@ def activate(
         InvalidInput: Already active, kept back by the gate without override, or an override without a reason.
         ModelIntegrityError: The version's files do not match their recorded hash.
     """
-    _admin(session, actor, "activate model versions")
+    actor = _admin(session, actor, "activate model versions")
     reason = _clean_reason(reason)
     try:
         record = model_versions.get_version(session, version_id)
@@ -292,7 +294,7 @@ def rollback(session: Session, actor: Actor | None) -> ActivationResult:
         InvalidInput: There is no earlier version.
         ModelIntegrityError: The earlier version's files do not match their recorded hash.
     """
-    _admin(session, actor, "roll back the model")
+    actor = _admin(session, actor, "roll back the model")
     current = model_versions.active_version(session)
     target = model_versions.previous_active(session)
     if current is None or target is None:

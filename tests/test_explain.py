@@ -472,8 +472,9 @@ def test_integrated_gradients_are_complete_on_the_real_model(real):
 @pytest.mark.slow
 def test_cli_writes_overlays_and_json(real, tmp_path, capsys, monkeypatch):
     from hs_model import __main__ as cli
+    from hs_model import cli as inference_cli
 
-    monkeypatch.setattr(cli, "_classifier", lambda args: real)
+    monkeypatch.setattr(inference_cli, "load_classifier", lambda args: real)
     shoe = tmp_path / "shoe.png"
     _shoe().save(shoe)
     out = tmp_path / "out"
