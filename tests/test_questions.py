@@ -40,6 +40,10 @@ def pred(subs: dict[str, float], heads: dict[str, float] | None = None, chaps: d
     return P({6: cands(subs, 6), 4: cands(heads, 4), 2: cands(chaps, 2)})
 
 
+def raw_scores(p: P) -> dict[str, float]:
+    return {c.code: c.score for c in p.levels[6]}
+
+
 def scores(p: P, level: int = 6) -> dict[str, float]:
     return {c.code: c.score for c in p.levels[level]}
 
@@ -152,3 +156,22 @@ def test_simulated_broker_reads_only_the_gold_text():
     textile = CRITERION["textile"]
     assert q.broker_choice(textile, ["cotton", "other_textile"], "610910") == "cotton"
     assert q.broker_choice(textile, ["cotton", "other_textile"], "620530") == NONE  # synthetic was not offered
+
+
+def test_heading_question_with_follow_ups_drawn_before_any_answer():
+    raw = pred({"610910": 0.2, "610990": 0.15, "620520": 0.25, "620530": 0.2, "950300": 0.1, "420292": 0.1})
+    first = guide(raw, "shirt", top_k=5)
+    heading = first.guidance.questions[0]
+    assert heading.key == "heading" and heading.offered == ("6205", "6109", "9503", "4202")
+    follow = heading.follow_up("6205")
+    assert follow is not None and follow.key == "textile" and set(follow.offered) >= {"cotton", "synthetic"}
+    after = apply_answers(first, {"heading": "6205", "textile": "synthetic"})
+    assert after.levels[6][0].code == "620530"
+    none = apply_answers(guide(pred({**raw_scores(raw), "490199": 0.04}), "shirt", top_k=5), {"heading": NONE})
+    assert none.levels[6][0].code == "490199"  # "none of these" headings: the one too unlikely to be offered
+
+
+def test_cli_refuses_a_bad_answer_before_loading_the_model():
+    from tests.test_cli import assert_user_error, run
+
+    assert_user_error(run("predict", "--text", "T-shirt", "--answer", "colour=red"), "unknown question")

@@ -1,0 +1,1 @@
+"""Training and evaluation side of HS desk (never imported by the app)."""
