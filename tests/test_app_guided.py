@@ -101,3 +101,14 @@ def test_only_the_items_broker_answers_and_only_offered_options(app_db, guided_c
         assert len(session.scalars(select(BrokerFact)).all()) == 2
         facts = broker_facts(session, bea, session.scalars(select(LineItem)).one().id)
     assert [(f.question, f.answer) for f in facts] == [("textile", "other_textile")]  # the latest is in force
+
+
+def test_a_broker_fact_cannot_be_rewritten(app_db, guided_classifier):
+    from db.models import AppendOnlyError
+
+    test_answer_reranks_in_place_and_is_kept_with_the_item(app_db, guided_classifier)
+    with app_db.factory() as session:
+        fact = session.scalars(select(BrokerFact)).one()
+        fact.answer = "other_textile"
+        with pytest.raises(AppendOnlyError):
+            session.flush()

@@ -175,3 +175,15 @@ def test_cli_refuses_a_bad_answer_before_loading_the_model():
     from tests.test_cli import assert_user_error, run
 
     assert_user_error(run("predict", "--text", "T-shirt", "--answer", "colour=red"), "unknown question")
+
+
+def test_simulated_broker_questions_do_not_depend_on_the_gold_code():
+    from hs_train.guided_eval import Row, simulate
+
+    raw = pred({"610910": 0.2, "610990": 0.15, "620520": 0.25, "620530": 0.2, "950300": 0.1, "420292": 0.1})
+    cotton = simulate(raw, Row("shirt", "610910", {}), temperature=4.0)
+    toy = simulate(raw, Row("shirt", "950300", {}), temperature=4.0)
+    assert cotton["asked"][0] == toy["asked"][0] == "heading"
+    assert cotton["answers"]["heading"] == "6109" and toy["answers"]["heading"] == "9503"
+    assert cotton["stages"][2][6] == "610910"  # heading, then its follow-up on the textile material
+    assert toy["stages"][1][4] == "9503"
