@@ -187,3 +187,30 @@ def test_simulated_broker_questions_do_not_depend_on_the_gold_code():
     assert cotton["answers"]["heading"] == "6109" and toy["answers"]["heading"] == "9503"
     assert cotton["stages"][2][6] == "610910"  # heading, then its follow-up on the textile material
     assert toy["stages"][1][4] == "9503"
+
+
+def test_batch_result_carries_the_question_and_the_evidence():
+    from hs_model.batch import BatchRow, result_record, results_csv
+    from hs_model.predict import Candidate, Prediction
+
+    def cands(d, level):
+        return [Candidate(c, level, "", p) for c, p in d.items()]
+
+    raw = Prediction(
+        model_version="m",
+        nomenclature_edition="HS2022",
+        levels={
+            6: cands({"610990": 0.6, "610910": 0.4}, 6),
+            4: cands({"6109": 1.0}, 4),
+            2: cands({"61": 1.0}, 2),
+        },
+        needs_review=False,
+        review_threshold=0.5,
+        latency_ms=1.0,
+        modality="text",
+        gates=(1.0, 0.0),
+    )
+    rec = result_record(BatchRow(2, "L1", "men's T-shirt"), guide(raw, "men's T-shirt", top_k=2))
+    assert rec["question"].startswith("Which textile material predominates by weight? [Of cotton | Of other textile")
+    assert rec["evidence"] == "men -> Men or boys"
+    assert "Which textile material" in results_csv([rec]).decode("utf-8-sig")
