@@ -377,6 +377,9 @@ def _fibre_evidence(text: str, source: str) -> list[Evidence]:
     return [Evidence("textile", best, words[best], source), Evidence("material", "textile", words[best], source)]
 
 
+_MATERIAL_KEY = re.compile(r"material|fabric|metal|composition|upper|power", re.IGNORECASE)
+
+
 def read_evidence(text: str | None, attributes: Mapping[str, object] | None = None) -> list[Evidence]:
     """Material, construction, gender and power words of the input, mapped to the nomenclature's options.
 
@@ -392,7 +395,7 @@ def read_evidence(text: str | None, attributes: Mapping[str, object] | None = No
     found: dict[str, list[Evidence]] = {}
     sources: list[tuple[str, str]] = []
     for key, value in (attributes or {}).items():
-        if isinstance(value, str) and re.search(r"material|fabric|metal|composition|upper|power", str(key), re.I):
+        if isinstance(value, str) and _MATERIAL_KEY.search(str(key)):
             sources.append((value, "attributes"))
     sources.append((text or "", "description"))
     for chunk, source in sources:
@@ -636,7 +639,8 @@ def _code_weight(code: str, answers: Mapping[str, tuple]) -> float:
     return w
 
 
-def _separating(codes: Sequence[str]) -> bool:
+@functools.lru_cache(maxsize=16384)
+def _separating(codes: frozenset[str]) -> bool:
     """Whether a criterion of the texts tells these sibling subheadings apart."""
     return any(len({said(c, code) for code in codes}) > 1 for c in CRITERIA)
 
@@ -659,7 +663,7 @@ def temper_splits(
     for codes in by_heading.values():
         if len(codes) < 2:
             continue
-        t = temperature if _separating(codes) else other
+        t = temperature if _separating(frozenset(codes)) else other
         total = sum(scores[c] for c in codes)
         flat = {c: max(scores[c], 1e-12) ** (1.0 / t) for c in codes}
         norm = sum(flat.values())
@@ -668,12 +672,12 @@ def temper_splits(
     return out
 
 
-def reweight_levels(
+def reweighted_scores(
     pool: Mapping[int, Sequence],
     answers: Mapping[str, tuple],
     temperature: float | None = SPLIT_TEMPERATURE,
-) -> dict[int, list]:
-    """Re-rank the model's candidates at 6/4/2 digits under the answers, keeping the levels consistent.
+) -> dict[int, dict[str, float]]:
+    """The pool's probabilities at 6/4/2 digits re-weighted under the answers, levels kept consistent.
 
     Every subheading of the pool is weighted by how well its text fits the answers; the rest of each heading
     (its subheadings outside the pool) by the heading's own text, the rest of each chapter by the chapter's, and
@@ -681,49 +685,55 @@ def reweight_levels(
     its subheadings and a chapter of its headings.
 
     Args:
-        pool: candidates per level (objects with `code` and `score`, replaced with `dataclasses.replace`).
+        pool: candidates per level (objects with `code` and `score`).
         answers: criterion -> (option, weight of a mismatching code, weight of a silent code, options offered).
-        temperature: tempering of splits on unstated criteria (None: none).
+        temperature: tempering of within-heading splits (None: none).
 
     Returns:
-        New candidate lists per level, best first, the same length as the pool's.
+        level -> {code: probability} for the pool's codes (and any heading or chapter needed for the roll-up).
     """
     subs = {c.code: c.score for c in pool[6]}
     heads = {c.code: c.score for c in pool[4]}
     chaps = {c.code: c.score for c in pool[2]}
-    for code in list(subs):  # a pooled subheading whose heading fell outside the heading pool
-        heads.setdefault(code[:4], 0.0)
-        heads[code[:4]] = max(heads[code[:4]], sum(v for k, v in subs.items() if k[:4] == code[:4]))
-    for code in list(heads):
-        chaps.setdefault(code[:2], 0.0)
-        chaps[code[:2]] = max(chaps[code[:2]], sum(v for k, v in heads.items() if k[:2] == code[:2]))
+    listed_in_head: dict[str, float] = {}
+    for code, p in subs.items():
+        listed_in_head[code[:4]] = listed_in_head.get(code[:4], 0.0) + p
+    for h, total in listed_in_head.items():  # a pooled subheading whose heading fell outside the heading pool
+        heads[h] = max(heads.get(h, 0.0), total)
+    listed_in_chap: dict[str, float] = {}
+    for h, p in heads.items():
+        listed_in_chap[h[:2]] = listed_in_chap.get(h[:2], 0.0) + p
+    for ch, total in listed_in_chap.items():
+        chaps[ch] = max(chaps.get(ch, 0.0), total)
     if temperature:
         subs = temper_splits(subs, temperature, min(OTHER_SPLIT_TEMPERATURE, temperature))
     new_sub = {c: p * _code_weight(c, answers) for c, p in subs.items()}
-    new_head = {}
-    for h, p in heads.items():
-        listed = [c for c in subs if c[:4] == h]
-        rest = max(p - sum(subs[c] for c in listed), 0.0)
-        new_head[h] = sum(new_sub[c] for c in listed) + rest * _code_weight(h, answers)
-    new_chap = {}
-    for ch, p in chaps.items():
-        listed = [h for h in heads if h[:2] == ch]
-        rest = max(p - sum(heads[h] for h in listed), 0.0)
-        new_chap[ch] = sum(new_head[h] for h in listed) + rest * _code_weight(ch, answers)
+    new_head = {h: max(p - listed_in_head.get(h, 0.0), 0.0) * _code_weight(h, answers) for h, p in heads.items()}
+    for c, p in new_sub.items():
+        new_head[c[:4]] += p
+    new_chap = {ch: max(p - listed_in_chap.get(ch, 0.0), 0.0) * _code_weight(ch, answers) for ch, p in chaps.items()}
+    for h, p in new_head.items():
+        new_chap[h[:2]] += p
     outside = max(1.0 - sum(chaps.values()), 0.0)
     z = sum(new_chap.values()) + outside * math.prod(a[2] for a in answers.values() if a[0] != UNKNOWN)
     z = z if z > 0 else 1.0
+    return {lv: {c: v / z for c, v in new.items()} for lv, new in ((6, new_sub), (4, new_head), (2, new_chap))}
+
+
+def reweight_levels(
+    pool: Mapping[int, Sequence],
+    answers: Mapping[str, tuple],
+    temperature: float | None = SPLIT_TEMPERATURE,
+    keep: int | None = None,
+) -> dict[int, list]:
+    """`reweighted_scores` as candidate lists per level, best first (the pool's objects with their new `score`,
+    via `dataclasses.replace`), cut to `keep` when given."""
+    scores = reweighted_scores(pool, answers, temperature)
     out: dict[int, list] = {}
-    for level, new in ((6, new_sub), (4, new_head), (2, new_chap)):
+    for level, new in scores.items():
         by_code = {c.code: c for c in pool[level]}
-        items = []
-        for code, value in new.items():
-            base = by_code.get(code)
-            if base is None:
-                continue  # added only to keep the roll-up whole
-            items.append(dataclasses.replace(base, score=value / z))
-        items.sort(key=lambda c: -c.score)
-        out[level] = items
+        ranked = sorted((code for code in new if code in by_code), key=lambda c: -new[c])[:keep]
+        out[level] = [dataclasses.replace(by_code[code], score=new[code]) for code in ranked]
     return out
 
 
@@ -754,8 +764,9 @@ def guide(
     pool = {lv: tuple(cs) for lv, cs in prediction.levels.items()}
     evidence = tuple(read_evidence(text, attributes))
     base = Guidance(pool=pool, evidence=evidence, top_k=top_k)
-    before = reweight_levels(pool, base.effective_answers(), temperature)
-    questions = tuple(make_questions(before[6], evidence, heading_question=heading_question))
+    before = reweighted_scores(pool, base.effective_answers(), temperature)[6]
+    ranked = sorted(before.items(), key=lambda kv: -kv[1])
+    questions = tuple(make_questions([_Scored(c, p) for c, p in ranked], evidence, heading_question=heading_question))
     guidance = dataclasses.replace(base, questions=questions)
     return apply_answers(dataclasses.replace(prediction, guidance=guidance), answers or {}, temperature)
 
@@ -770,8 +781,7 @@ def apply_answers(prediction, answers: Mapping[str, str], temperature: float | N
     for criterion, option in answers.items():
         check_answer(criterion, option)
     guidance = dataclasses.replace(guidance, answers=dict(answers))
-    levels = reweight_levels(guidance.pool, guidance.effective_answers(), temperature)
-    levels = {lv: cs[: guidance.top_k] for lv, cs in levels.items()}
+    levels = reweight_levels(guidance.pool, guidance.effective_answers(), temperature, keep=guidance.top_k)
     return dataclasses.replace(
         prediction,
         levels=levels,
