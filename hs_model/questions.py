@@ -513,7 +513,7 @@ def _heading_question(codes: Sequence[str], probs: Sequence[float]) -> Question 
     if len(offered) < 2:
         return None
     gain = expected_gain(HEADING, offered, codes, probs)
-    options = tuple((h, f"{h[:2]}.{h[2:]} {_short(HsCode(h).description)}") for h in offered)
+    options = tuple((h, f"{h} {_short(HsCode(h).description)}") for h in offered)
     options += ((NONE, "None of these"), (UNKNOWN, "Don't know"))
     return Question(HEADING.key, HEADING.question, options, gain)
 
