@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
+from db.broker_facts import facts_in_force, facts_text
 from db.models import DECISION_KINDS, Decision, LineItem, Prediction, Shipment, User
 
 # Column order of every export format.
@@ -30,6 +31,7 @@ LOG_COLUMNS: tuple[str, ...] = (
     "model_top_code",
     "model_top_score",
     "needs_review",
+    "broker_facts",  # the broker's answers to guided questions in force at export time
 )
 
 
@@ -131,7 +133,11 @@ def decision_log(session: Session, filters: DecisionFilter | None = None) -> lis
         stmt = stmt.where(Decision.line_item_id == f.line_item_id)
     if f.max_decision_id is not None:
         stmt = stmt.where(Decision.id <= f.max_decision_id)
-    return [dict(zip(LOG_COLUMNS, row, strict=True)) for row in session.execute(stmt)]
+    rows = [dict(zip(LOG_COLUMNS[:-1], row, strict=True)) for row in session.execute(stmt)]
+    facts = facts_in_force(session, {r["line_item_id"] for r in rows})
+    for r in rows:
+        r["broker_facts"] = facts_text(facts.get(r["line_item_id"], ()))
+    return rows
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ def _parquet_schema():
         "model_version",
         "nomenclature_edition",
         "model_top_code",
+        "broker_facts",
     }
     special = {
         "decision_id": pa.int64(),

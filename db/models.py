@@ -30,7 +30,7 @@ ModelStatus = Literal["candidate", "active", "retired"]
 ROLES: tuple[str, ...] = ("broker", "reviewer", "admin")
 DECISION_KINDS: tuple[str, ...] = ("submitted", "approved", "corrected", "rejected")
 MODEL_STATUSES: tuple[str, ...] = ("candidate", "active", "retired")
-APPEND_ONLY_TABLES: tuple[str, ...] = ("decisions", "audit_events", "model_activations")
+APPEND_ONLY_TABLES: tuple[str, ...] = ("decisions", "audit_events", "model_activations", "broker_facts")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -224,6 +224,26 @@ class AuditEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class BrokerFact(Base):
+    """Append-only: what the broker stated about a line item in answer to a guided question (``textile`` =
+    ``cotton``). A changed answer is a new row; the latest row per question is the one in force."""
+
+    __tablename__ = "broker_facts"
+    __table_args__ = (Index("ix_broker_facts_line_item_id_id", "line_item_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line_item_id: Mapped[int] = mapped_column(ForeignKey("line_items.id"))
+    question: Mapped[str] = mapped_column(String(32))  # the criterion's key, e.g. "textile"
+    answer: Mapped[str] = mapped_column(String(64))  # the option's key, e.g. "cotton", "none", "unknown"
+    question_text: Mapped[str] = mapped_column(Text, default="")
+    answer_label: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[str] = mapped_column(String(16), default="broker")
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    user: Mapped[User] = relationship(lazy="joined")
+
+
 class AppendOnlyError(RuntimeError):
     """Raised when code tries to update or delete a row of an append-only table."""
 
@@ -235,6 +255,6 @@ def _refuse(verb: str):
     return listener
 
 
-for _cls in (Decision, AuditEvent, ModelActivation):
+for _cls in (Decision, AuditEvent, ModelActivation, BrokerFact):
     event.listen(_cls, "before_update", _refuse("update"))
     event.listen(_cls, "before_delete", _refuse("delete"))

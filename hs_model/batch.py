@@ -85,6 +85,8 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "chapter_description",
     "needs_review",
     "model_version",
+    "question",  # the guided question a broker should answer for this line (hs_model.questions), if any
+    "evidence",
     "error",
 )
 
@@ -586,6 +588,12 @@ def result_record(
             rec[key], rec[f"{key}_score"], rec[f"{key}_description"] = best.code, round(best.score, 4), best.description
         rec["needs_review"] = bool(prediction.needs_review)
         rec["model_version"] = prediction.model_version
+        guidance = getattr(prediction, "guidance", None)
+        if guidance is not None:
+            asked = [q for q in guidance.questions if q.evidence is None and q.key not in guidance.answers]
+            if asked:
+                rec["question"] = f"{asked[0].text} [{' | '.join(label for _, label in asked[0].options)}]"
+            rec["evidence"] = "; ".join(f"{e.words} -> {e.label}" for e in guidance.evidence) or None
     rec["error"] = error if error else ("; ".join(row.problems) or None)
     rec.update(extra)
     return rec

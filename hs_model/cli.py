@@ -56,18 +56,51 @@ def cmd_predict(args: argparse.Namespace) -> int:
         args.text = existing(args.text_file).read_text(encoding="utf-8", errors="replace")
     images = decode_images([existing(p) for p in args.image])
     validate_query(args.text, images)  # before the model loads: bad input fails fast
+    answers = _answers(args.answer)
     pred = load_classifier(args).predict(args.text, images, top_k=args.top_k)
+    if answers:
+        from hs_model.questions import apply_answers
+
+        pred = apply_answers(pred, answers)
     if args.json:
         print(json.dumps(pred.to_json(), ensure_ascii=False, indent=2))
         return 0
     print(f"model {pred.model_version} ({pred.modality}); {'NEEDS REVIEW' if pred.needs_review else 'confident'}")
     for note in pred.notes:
         print(f"note: {note}")
+    _print_guidance(pred.guidance)
     for level in (2, 4, 6):
         print(f"-- {level} digits")
         for c in pred.levels[level]:
             print(f"  {c.code:>6}  {c.score:6.1%}  {c.description[:90]}")
     return 0
+
+
+def _answers(items: list[str]) -> dict[str, str]:
+    """`--answer KEY=VALUE` pairs, checked against the questions' criteria and options before the model loads."""
+    from hs_model.questions import check_answer
+
+    answers = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        try:
+            check_answer(key, value)
+        except ValueError as exc:
+            raise UserError(f"--answer {item!r}: {exc}") from None
+        answers[key] = value
+    return answers
+
+
+def _print_guidance(guidance) -> None:
+    if guidance is None:
+        return
+    for ev in guidance.evidence:
+        print(f"evidence: “{ev.words}” ({ev.source}) -> {ev.criterion}: {ev.label}")
+    for q in guidance.questions:
+        given = guidance.answers.get(q.key) or (f"{q.evidence} (from the evidence)" if q.evidence else None)
+        options = ", ".join(k for k, _ in q.options)
+        print(f"question {q.key}: {q.text} [{options}]" + (f" answered: {given}" if given else ""))
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -162,6 +195,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--answer", action="append", default=[], metavar="KEY=VALUE",
+                   help="answer a guided question, e.g. textile=cotton (repeatable; see the questions printed)")  # fmt: skip
     p.add_argument("--batch", default=None, metavar="FILE.csv", help="classify every line of a CSV (line_ref, "
                    "description, photos separated by ';'); needs --out")  # fmt: skip
     p.add_argument("--images-dir", default=None, metavar="DIR", help="with --batch: folder holding the photos")

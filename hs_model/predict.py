@@ -31,6 +31,7 @@ from hs_model.config import TowerConfig
 from hs_model.errors import InputError
 from hs_model.images import load_image
 from hs_model.model import HeadConfig, HsJointModel, LabelSpace
+from hs_model.questions import POOL, Guidance, guide
 from hs_model.towers import build_towers
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class Prediction:
     gates: tuple[float, float]  # weight given to text and to the photos
     embedding: tuple[float, ...] = ()  # joint-space vector (for precedent search)
     notes: tuple[str, ...] = field(default=())
+    guidance: Guidance | None = None  # questions, evidence and answers (hs_model.questions)
 
     @property
     def top(self) -> Candidate:
@@ -89,7 +91,7 @@ class Prediction:
             "gates": {"text": round(self.gates[0], 4), "image": round(self.gates[1], 4)},
             "latency_ms": round(self.latency_ms, 2),
             "notes": list(self.notes),
-        }
+        } | (self.guidance.to_json() if self.guidance is not None else {})
 
 
 def clean_text(text: str | None) -> str:
@@ -184,7 +186,8 @@ class Classifier:
         """Rank HS codes for many products; texts are encoded in padded batches."""
         t0 = time.perf_counter()
         feats = self.encode(queries)
-        return self.predict_features(feats, top_k, started=t0)
+        preds = self.predict_features(feats, max(top_k, POOL), started=t0)  # a wider pool for the questions
+        return [guide(p, q.text, top_k) for p, q in zip(preds, queries, strict=True)]
 
     @torch.inference_mode()
     def predict_features(self, feats: Features, top_k: int = 5, started: float | None = None) -> list[Prediction]:

@@ -6,7 +6,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from screens import common
+from screens import common, guided
 from screens.common import md
 from services.classify import (
     MAX_DESCRIPTION_CHARS,
@@ -430,6 +430,7 @@ if clicked:
     run_classification(text, files, shipment, line)
 recorded = st.session_state.get("classify_result")
 if recorded is not None:
+    recorded = guided.show(recorded)
     show_prediction(recorded)
     explanations(recorded, text, files)
     decision_form(recorded)

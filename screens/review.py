@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from db.models import utcnow
-from screens import common
+from screens import common, guided
 from screens.common import ago, md
 from services.classify import describe_code, format_code, is_subheading, search_subheadings
 from services.decisions import (
@@ -250,6 +250,7 @@ def brokers_choice(detail) -> None:
         st.info(
             f"The model's best subheading is {top.formatted} ({percent(top.score)}).", icon=":material/compare_arrows:"
         )
+    guided.show_facts(detail.line_item_id)
     st.markdown(f"**Justification** · by {md(detail.submitted_by or '—')}")
     if detail.justification:
         st.text(detail.justification)

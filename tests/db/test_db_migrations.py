@@ -25,6 +25,7 @@ EXPECTED_TABLES = {
     "model_versions",
     "model_activations",
     "audit_events",
+    "broker_facts",
     "alembic_version",
 }
 
@@ -39,7 +40,8 @@ def test_upgrade_on_fresh_file_creates_every_table(tmp_path: Path):
             triggers = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='trigger'")}
             version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one()
         assert {"decisions_no_update", "decisions_no_delete", "audit_events_no_update"} <= triggers
-        assert version == "0001_initial"
+        assert version == "0003_broker_facts"
+        assert {"broker_facts_no_update", "broker_facts_no_delete"} <= triggers
     finally:
         engine.dispose()
 
