@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -123,7 +124,7 @@ class RayBatchConfig:
     actors: int | None = None  # default: one per GPU, else 1
     top_k: int = 3
     chunk_size: int = 32  # lines per model call inside an actor (as the local batch)
-    block_lines: int = 512  # lines per Ray block: the unit of scheduling, retry and resume
+    block_lines: int = 512  # most lines per Ray block (the unit of scheduling, retry and resume)
     max_retries: int = 3  # actor restarts and block retries Ray may spend before the run fails
     cpus_per_actor: float | None = None  # default: the cluster's CPUs shared out between the CPU actors
 
@@ -373,7 +374,8 @@ def run_ray_batch(
     t0 = time.perf_counter()
     ran = 0
     if todo:
-        blocks = [_lines_table(todo[i : i + config.block_lines]) for i in range(0, len(todo), config.block_lines)]
+        size = max(1, min(config.block_lines, math.ceil(len(todo) / (4 * actors))))  # at least 4 blocks per actor
+        blocks = [_lines_table(todo[i : i + size]) for i in range(0, len(todo), size)]
         ctx = ray.data.DataContext.get_current()
         ctx.actor_task_retry_on_errors = [OSError]  # a flaky shared folder: Ray retries the block
         with warnings.catch_warnings():
