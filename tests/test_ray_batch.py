@@ -85,6 +85,24 @@ def test_parts_belong_to_one_run(tmp_path: Path):
         PartStore(out).open({"input_sha256": "b"})
 
 
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--engine", "ray", "--out", "out.xlsx"], "--engine ray needs --out FILE.parquet or --out FILE.csv."),
+        (["--engine", "ray", "--out", "o.csv", "--photos-zip", "p.zip"], "reads photos from a folder (--images-dir)"),
+        (["--engine", "ray", "--out", "o.csv", "--actors", "0"], "--actors must be at least 1."),
+        (["--address", "127.0.0.1:1", "--out", "o.csv"], "--address and --actors go with --engine ray."),
+    ],
+)
+def test_cli_refuses_what_a_ray_run_cannot_do(tmp_path: Path, capsys, extra, message):
+    from hs_model.cli import main
+
+    (tmp_path / "in.csv").write_text("line_ref,description\nA1,shirt\n", encoding="utf-8")
+    extra = [str(tmp_path / a) if a.endswith((".xlsx", ".csv", ".zip")) else a for a in extra]
+    assert main(["predict", "--batch", str(tmp_path / "in.csv"), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
 # -- a real local cluster -------------------------------------------------------------------------------------------
 
 
