@@ -51,6 +51,8 @@ from hs_model.batch import (
 from hs_model.errors import InputError
 
 if TYPE_CHECKING:
+    import ray
+
     from hs_model.predict import Classifier
 
 log = logging.getLogger(__name__)
@@ -382,7 +384,7 @@ def run_ray_batch(
             # max_restarts / max_task_retries still go through **ray_remote_args in Ray 2.60 (deprecated for 2.64);
             # without them Ray Data restarts a crashing actor forever.
             warnings.simplefilter("ignore", category=DeprecationWarning)
-            ds = _map(ray, blocks, config, make_classifier, photos, actors, gpus_per_actor, cpus)
+            ds = _map(blocks, config, make_classifier, photos, actors, gpus_per_actor, cpus)
         for part in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             store.add(part)
             ran += part.num_rows
@@ -400,12 +402,22 @@ def run_ray_batch(
     return RayBatchResult(len(batch.rows), ran, len(done), errors, seconds, actors, gpus_per_actor, out)
 
 
-def _map(ray, blocks, config, make_classifier, photos, actors, gpus_per_actor, cpus):  # noqa: ANN001, ANN202
+def _map(
+    blocks: list[pa.Table],
+    config: RayBatchConfig,
+    make_classifier: Callable[[], Classifier],
+    photos: PhotoSpec,
+    actors: int,
+    gpus_per_actor: float,
+    cpus: float,
+) -> ray.data.Dataset:
     """from_blocks -> map_batches over a fixed pool of `LinePredictor` actors; Ray retries a failed block.
 
     `from_blocks` keeps one block per `block_lines` lines (never re-split) and, unlike `from_arrow`, computes the
     blocks' metadata here instead of in remote tasks.
     """
+    import ray
+
     return ray.data.from_blocks(blocks).map_batches(
         LinePredictor,
         batch_size=None,  # one call per block: a block is the unit of retry and resume
