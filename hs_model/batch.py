@@ -402,26 +402,42 @@ def read_batch_csv(
         raise BatchFileError(f"{name} has a header but no line items.")
 
     index = _column_index(header)
-    first_line_of_ref: dict[str, int] = {}
-    rows = []
-    for line, record in raw_rows:
 
-        def cell(column: str, record: list[str] = record) -> str:
-            i = index.get(column)
-            return record[i] if i is not None and i < len(record) else ""
+    def cells(record: list[str]) -> tuple[str, str, str]:
+        found = [index.get(c) for c in ("line_ref", "description", "photos")]
+        return tuple(record[i] if i is not None and i < len(record) else "" for i in found)  # type: ignore[return-value]
 
-        rows.append(_check_row(line, cell("line_ref"), cell("description"), cell("photos"), photos, limits))
-        ref = rows[-1].line_ref
-        if ref:
-            if ref in first_line_of_ref:
-                dup = f"line reference {ref!r} is also on line {first_line_of_ref[ref]}"
-                rows[-1] = BatchRow(line, ref, rows[-1].description, rows[-1].photos, (*rows[-1].problems, dup))
-            else:
-                first_line_of_ref[ref] = line
+    rows = check_rows(((line, *cells(record)) for line, record in raw_rows), photos, limits)
     if blank:
         shown = ", ".join(str(n) for n in blank[:10]) + (" …" if len(blank) > 10 else "")
         notices.append(f"{len(blank)} blank line{'s' if len(blank) != 1 else ''} skipped (line {shown}).")
     return BatchFile(tuple(rows), encoding, delimiter, tuple(header), tuple(blank), tuple(notices))
+
+
+def check_rows(
+    records: Iterable[tuple[int, str, str, str]], photos: PhotoSource | None = None, limits: BatchLimits = BATCH_LIMITS
+) -> list[BatchRow]:
+    """Validate (line, line_ref, description, photos cell) records: each row's own checks, then duplicate references.
+
+    The one row check of every batch path (the CSV here, Parquet and catalogue runs in `hs_model.ray_batch`).
+    """
+    first_line_of_ref: dict[str, int] = {}
+    rows = []
+    for line, ref, description, photo_cell in records:
+        row = _check_row(line, ref, description, photo_cell, photos, limits)
+        if row.line_ref:
+            if row.line_ref in first_line_of_ref:
+                dup = f"line reference {row.line_ref!r} is also on line {first_line_of_ref[row.line_ref]}"
+                row = BatchRow(line, row.line_ref, row.description, row.photos, (*row.problems, dup))
+            else:
+                first_line_of_ref[row.line_ref] = line
+        rows.append(row)
+    return rows
+
+
+def column_index(header: Sequence[str]) -> dict[str, int]:
+    """Where each known column is in a header (aliases accepted); raises BatchFileError when one is missing."""
+    return _column_index(list(header))
 
 
 def _column_index(header: list[str]) -> dict[str, int]:
@@ -574,18 +590,25 @@ def _predict(classifier: Classifier, queries: list[Query], top_k: int) -> list[t
 
 
 def result_record(
-    row: BatchRow, prediction: Prediction | None, error: str | None = None, **extra: Any
+    row: BatchRow, prediction: Prediction | None, error: str | None = None, *, digits: int | None = 4, **extra: Any
 ) -> dict[str, Any]:
-    """One output row: the top-3 subheadings with scores, the best heading and chapter, the review flag."""
+    """One output row: the top-3 subheadings with scores, the best heading and chapter, the review flag.
+
+    Scores are rounded to `digits` decimals (None: full precision, as catalogue runs write them).
+    """
     rec: dict[str, Any] = {c: None for c in RESULT_COLUMNS}
     rec.update(line=row.line, line_ref=row.line_ref, description=row.description, photos=";".join(row.photos))
+
+    def score(value: float) -> float:
+        return value if digits is None else round(value, digits)
+
     if prediction is not None:
         for rank, cand in enumerate(prediction.levels[6][:3], start=1):
-            rec[f"code_{rank}"], rec[f"score_{rank}"] = cand.code, round(cand.score, 4)
+            rec[f"code_{rank}"], rec[f"score_{rank}"] = cand.code, score(cand.score)
         rec["description_1"] = prediction.levels[6][0].description
         for level, key in ((4, "heading"), (2, "chapter")):
             best = prediction.levels[level][0]
-            rec[key], rec[f"{key}_score"], rec[f"{key}_description"] = best.code, round(best.score, 4), best.description
+            rec[key], rec[f"{key}_score"], rec[f"{key}_description"] = best.code, score(best.score), best.description
         rec["needs_review"] = bool(prediction.needs_review)
         rec["model_version"] = prediction.model_version
         guidance = getattr(prediction, "guidance", None)

@@ -144,9 +144,13 @@ def cmd_predict_batch(args: argparse.Namespace) -> int:
 
     if args.text or args.text_file or args.image:
         raise UserError("--batch reads descriptions and photos from the CSV: drop --text, --text-file and --image.")
+    if args.engine == "ray":
+        return cmd_predict_ray(args)
+    if args.address or args.actors:
+        raise UserError("--address and --actors go with --engine ray.")
     out = Path(args.out or "")
     if not args.out or out.suffix.lower() not in (".csv", ".xlsx"):
-        raise UserError("--batch needs --out FILE.csv or --out FILE.xlsx.")
+        raise UserError("--batch needs --out FILE.csv or --out FILE.xlsx (--engine ray: .parquet or .csv).")
     if not out.parent.is_dir():
         raise UserError(f"No such folder for --out: {out.parent}")
     if args.images_dir and args.photos_zip:
@@ -186,6 +190,45 @@ def cmd_predict_batch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict_ray(args: argparse.Namespace) -> int:
+    """`predict --batch FILE --engine ray --out FILE.parquet|.csv`: a catalogue on Ray Data (hs_model.ray_batch)."""
+    from hs_model.ray_batch import INPUT_SUFFIXES, OUTPUT_SUFFIXES, RayBatchConfig, run_file
+
+    src, out = existing(args.batch), Path(args.out or "")
+    if src.suffix.lower() not in INPUT_SUFFIXES:
+        raise UserError(f"--engine ray reads .csv or .parquet, not {src.name}.")
+    if not args.out or out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UserError("--engine ray needs --out FILE.parquet or --out FILE.csv.")
+    if args.photos_zip:
+        raise UserError("--engine ray reads photos from a folder (--images-dir) or by path in the photos column.")
+    if args.actors is not None and args.actors < 1:
+        raise UserError("--actors must be at least 1.")
+
+    def report(batch) -> None:
+        for notice in batch.notices:
+            print(f"note: {notice}", file=sys.stderr)
+        bad = batch.invalid_rows
+        if bad:
+            print(f"{len(bad)} of {len(batch.rows)} lines will not run (see the error column), e.g.:", file=sys.stderr)
+            for row in bad[:5]:
+                print(f"  line {row.line} ({row.line_ref or 'no ref'}): {'; '.join(row.problems)}", file=sys.stderr)
+
+    config = RayBatchConfig(
+        address=args.address, actors=args.actors, top_k=max(args.top_k, 3), chunk_size=args.chunk_size
+    )
+    images = Path(args.images_dir) if args.images_dir else None
+    result = run_file(src, out, images_dir=images, model_dir=model_dir(args.model), config=config, on_problems=report)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(
+            f"wrote {result.rows} lines to {out} ({result.errors} with an error; {result.resumed} resumed from an "
+            f"earlier run) in {result.seconds:.1f} s on {result.actors} actor(s)",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``predict`` and ``explain``."""
     p = sub.add_parser("predict", help="rank HS codes for one product")
@@ -203,6 +246,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--photos-zip", default=None, metavar="ZIP", help="with --batch: zip holding the photos")
     p.add_argument("--out", default=None, metavar="FILE", help="with --batch: results as .csv or .xlsx")
     p.add_argument("--chunk-size", type=int, default=32, help="with --batch: lines per model call")
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="with --batch: this process, or Ray "
+                   "Data (CSV or Parquet in, .parquet or .csv out, any size, resumable)")  # fmt: skip
+    p.add_argument("--address", default=None, help="with --engine ray: a running cluster (HOST:PORT); default: a "
+                   "local Ray started in this process")  # fmt: skip
+    p.add_argument("--actors", type=int, default=None, help="with --engine ray: model actors (default: one per GPU, "
+                   "else 1)")  # fmt: skip
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("explain", help="why the model scores a code: photo heatmaps (PNG) and word attributions")
