@@ -1,0 +1,1 @@
+"""Training and evaluation side: experiments and builders that the app never imports."""
