@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import zlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -315,11 +316,20 @@ class PrecedentIndex:
     lexical: LexicalIndex = field(default_factory=LexicalIndex)
     config: VoteConfig = field(default_factory=VoteConfig)
     _n: int = 0  # rows of `emb` in use (the rest is spare capacity for cheap appends)
+    cursor: int = 0  # the last database decision id added (services.precedents keeps it)
 
     def __post_init__(self) -> None:
         if self.emb.numel() == 0:
             self.emb = torch.zeros(0, self.dim, dtype=torch.float16)
         self._n = len(self.codes)
+        self.retired: set[int] = set()  # rows superseded (a reviewed decision corrected later): never vote
+        self.lock = threading.RLock()  # adds come from a service while sessions search: one at a time
+
+    def retire(self, dataset: str, ids: set[str]) -> int:
+        """Stop rows of `dataset` with these ids from voting (their decision was superseded); returns how many."""
+        rows = {i for i, p in enumerate(self.provenance) if p[0] == dataset and p[1] in ids}
+        self.retired |= rows
+        return len(rows)
 
     def __len__(self) -> int:
         return self._n
@@ -338,6 +348,10 @@ class PrecedentIndex:
     ) -> AddReport:
         """Append precedents (no rebuild). Codes must be 4 or 6 digits and in `valid_codes` (HS 2022 headings and
         subheadings); others are skipped and counted, and so are empty texts."""
+        with self.lock:
+            return self._add(texts, emb, codes, provenance, valid_codes)
+
+    def _add(self, texts, emb, codes, provenance, valid_codes) -> AddReport:
         keep, invalid, empty = [], [], 0
         for i, (t, c) in enumerate(zip(texts, codes, strict=True)):
             c = str(c).replace(".", "").strip()
@@ -384,16 +398,23 @@ class PrecedentIndex:
 
         lexical_hits: `self.lexical.search(query_texts, cfg.candidates)` when already computed.
         """
+        with self.lock:
+            return self._neighbours(query_emb, query_texts, cfg, lexical_hits)
+
+    def _neighbours(self, query_emb, query_texts, cfg, lexical_hits) -> Neighbours:
         cfg = cfg or self.config
         q = len(query_texts)
         c = cfg.candidates
-        if self._n == 0 or q == 0:
+        n = self._n  # a snapshot: rows added meanwhile are seen by the next query
+        if n == 0 or q == 0:
             empty = np.full((q, 1), -1, dtype=np.int64)
             return Neighbours(empty, np.zeros((q, 1), np.float32), np.zeros((q, 1), np.float32))
         qe = torch.nn.functional.normalize(query_emb.float(), dim=-1)
         has = (query_emb.float().norm(dim=-1) > 0).numpy()
-        sims = self._cosines(qe)  # [Q, N] float32
-        kc = min(c, self._n)
+        sims = self._cosines(qe, n)  # [Q, N] float32
+        if self.retired:
+            sims[:, sorted(r for r in self.retired if r < n)] = -2.0
+        kc = min(c, n)
         cos_val, cos_idx = sims.topk(kc, dim=1)
         if lexical_hits is not None:
             lex_idx, lex_val = lexical_hits
@@ -409,21 +430,21 @@ class PrecedentIndex:
             lexmap = {}
             if lex_idx is not None:
                 for j, v in zip(lex_idx[r].tolist(), lex_val[r].tolist(), strict=True):
-                    if j >= 0:
+                    if 0 <= j < n:
                         lexmap[j] = v
                         cand.setdefault(j)
-            rows = np.fromiter(cand, dtype=np.int64)
+            rows = np.fromiter((j for j in cand if j not in self.retired), dtype=np.int64)
             idx[r, : len(rows)] = rows
             cos[r, : len(rows)] = sims[r, torch.from_numpy(rows)].numpy()
             lex[r, : len(rows)] = [lexmap.get(j, 0.0) for j in rows.tolist()]
         # lexical scores of embedding-found rows the lexical top list missed are left 0: a lower bound
         return Neighbours(idx, cos, lex)
 
-    def _cosines(self, qe: torch.Tensor, chunk: int = 262_144) -> torch.Tensor:
-        """[Q, D] unit queries -> [Q, N] cosines, float16 matrix read in chunks (float32 math)."""
-        m = self.matrix
-        out = torch.empty(len(qe), self._n)
-        for s in range(0, self._n, chunk):
+    def _cosines(self, qe: torch.Tensor, n: int, chunk: int = 262_144) -> torch.Tensor:
+        """[Q, D] unit queries -> [Q, n] cosines, float16 matrix read in chunks (float32 math)."""
+        m = self.emb[:n]
+        out = torch.empty(len(qe), n)
+        for s in range(0, n, chunk):
             out[:, s : s + chunk] = qe @ m[s : s + chunk].float().T
         return out
 
