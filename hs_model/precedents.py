@@ -135,6 +135,7 @@ class LexicalIndex:
         self.df = np.zeros(N_FEATURES, dtype=np.int32)
         self.doc_len = np.zeros(0, dtype=np.float32)
         self._norms: np.ndarray | None = None  # tf-idf norms, recomputed lazily after adds
+        self._mean_idf_cache, self._mean_idf_at = 0.0, -1
 
     def __len__(self) -> int:
         return len(self.doc_len)
@@ -161,16 +162,24 @@ class LexicalIndex:
         self._merge()
         return self._main
 
-    def idf(self) -> np.ndarray:
+    def idf(self, terms: np.ndarray | None = None) -> np.ndarray:
+        """idf of every hashed term (or of `terms` only: what a query needs)."""
         n = max(len(self), 1)
+        df = self.df if terms is None else self.df[terms]
         if self.scheme == "tfidf":
-            return (np.log((1 + n) / (1 + self.df)) + 1).astype(np.float32)
-        idf = np.log((n - self.df + 0.5) / (self.df + 0.5)).astype(np.float32)
-        present = self.df > 0
-        if present.any():  # rank-bm25: negative idf (terms in over half the documents) -> 0.25 x the mean idf
-            eps = 0.25 * float(idf[present].mean())
-            idf = np.where(present & (idf < 0), eps, idf)
+            return (np.log((1 + n) / (1 + df)) + 1).astype(np.float32)
+        idf = np.log((n - df + 0.5) / (df + 0.5)).astype(np.float32)
+        if (idf < 0).any():  # rank-bm25: negative idf (terms in over half the documents) -> 0.25 x the mean idf
+            idf = np.where(idf < 0, 0.25 * self._mean_idf(), idf)
         return idf
+
+    def _mean_idf(self) -> float:
+        if self._mean_idf_at != len(self):
+            present = self.df[self.df > 0]
+            n = max(len(self), 1)
+            self._mean_idf_cache = float(np.log((n - present + 0.5) / (present + 0.5)).mean()) if len(present) else 0.0
+            self._mean_idf_at = len(self)
+        return self._mean_idf_cache
 
     def _tfidf_norms(self, idf: np.ndarray) -> np.ndarray:
         if self._norms is None or len(self._norms) != len(self):
@@ -186,14 +195,16 @@ class LexicalIndex:
         val = np.zeros((len(texts), k), dtype=np.float32)
         if len(self) == 0:
             return idx, val
-        x, idf = self.counts(), self.idf()
-        norms = self._tfidf_norms(idf) if self.scheme == "tfidf" else None
+        x = self.counts()
+        norms = self._tfidf_norms(self.idf()) if self.scheme == "tfidf" else None
         avgdl = float(self.doc_len.mean()) or 1.0
         for r in range(len(texts)):
             terms, qtf = q.indices[q.indptr[r] : q.indptr[r + 1]], q.data[q.indptr[r] : q.indptr[r + 1]]
             terms, qtf = terms[self.df[terms] > 0], qtf[self.df[terms] > 0]
             if len(terms) == 0:
                 continue
+            idf = np.zeros(N_FEATURES, dtype=np.float32)  # only the query's terms are read
+            idf[terms] = self.idf(terms)
             cols = x[:, terms]  # [N, T] counts of the query's terms
             cols = cols.tocoo()
             tf, d, t = cols.data, cols.row, cols.col
@@ -252,6 +263,8 @@ class VoteConfig:
     lexical_weight: float = 0.3  # lam in h = (1 - lam) cos + lam lexical
     lexical_scheme: LexicalScheme = "bm25"
     min_similarity: float = 0.5  # neighbours below this hybrid similarity do not vote
+    exact_up_to: int = 200_000  # above this many rows the embedding search goes through an IVF (approximate)
+    nprobe: int = 24  # IVF lists searched per query
     beta6: float = 0.0
     beta4: float = 0.0
     beta2: float = 0.0
@@ -323,6 +336,8 @@ class PrecedentIndex:
             self.emb = torch.zeros(0, self.dim, dtype=torch.float16)
         self._n = len(self.codes)
         self.retired: set[int] = set()  # rows superseded (a reviewed decision corrected later): never vote
+        self._ivf: tuple[torch.Tensor, list[torch.Tensor]] | None = None
+        self._ivf_rows = 0
         self.lock = threading.RLock()  # adds come from a service while sessions search: one at a time
 
     def retire(self, dataset: str, ids: set[str]) -> int:
@@ -411,11 +426,15 @@ class PrecedentIndex:
             return Neighbours(empty, np.zeros((q, 1), np.float32), np.zeros((q, 1), np.float32))
         qe = torch.nn.functional.normalize(query_emb.float(), dim=-1)
         has = (query_emb.float().norm(dim=-1) > 0).numpy()
-        sims = self._cosines(qe, n)  # [Q, N] float32
-        if self.retired:
-            sims[:, sorted(r for r in self.retired if r < n)] = -2.0
         kc = min(c, n)
-        cos_val, cos_idx = sims.topk(kc, dim=1)
+        if n > cfg.exact_up_to:
+            cos_idx, row_sims = self._ivf_search(qe, n, kc, cfg.nprobe)
+        else:
+            sims = self._cosines(qe, n)  # [Q, N] float32
+            if self.retired:
+                sims[:, sorted(r for r in self.retired if r < n)] = -2.0
+            cos_idx = sims.topk(kc, dim=1).indices
+            row_sims = None
         if lexical_hits is not None:
             lex_idx, lex_val = lexical_hits
         else:
@@ -435,17 +454,66 @@ class PrecedentIndex:
                         cand.setdefault(j)
             rows = np.fromiter((j for j in cand if j not in self.retired), dtype=np.int64)
             idx[r, : len(rows)] = rows
-            cos[r, : len(rows)] = sims[r, torch.from_numpy(rows)].numpy()
+            if row_sims is None:
+                cos[r, : len(rows)] = sims[r, torch.from_numpy(rows)].numpy()
+            else:  # approximate search: cosines of the candidates computed here
+                cos[r, : len(rows)] = (self.emb[torch.from_numpy(rows)].float() @ qe[r]).numpy()
             lex[r, : len(rows)] = [lexmap.get(j, 0.0) for j in rows.tolist()]
         # lexical scores of embedding-found rows the lexical top list missed are left 0: a lower bound
         return Neighbours(idx, cos, lex)
 
+    def _ivf_search(self, qe: torch.Tensor, n: int, k: int, nprobe: int) -> tuple[torch.Tensor, None]:
+        """Inverted-file search: the rows of the `nprobe` lists whose centroids are nearest, ranked exactly."""
+        if self._ivf is None or self._ivf_rows < n:
+            self._build_ivf(n)
+        cents, lists = self._ivf
+        probe = (qe @ cents.T).topk(min(nprobe, len(cents)), dim=1).indices  # [Q, nprobe]
+        out = torch.full((len(qe), k), 0, dtype=torch.long)
+        for r in range(len(qe)):
+            rows = torch.cat([lists[j] for j in probe[r].tolist()])
+            rows = rows[rows < n]
+            sims = self.emb[rows].float() @ qe[r]
+            if self.retired:
+                sims[torch.isin(rows, torch.tensor(sorted(self.retired)))] = -2.0
+            top = sims.topk(min(k, len(rows))).indices
+            out[r, : len(top)] = rows[top]
+        return out, None
+
+    def _build_ivf(self, n: int, iters: int = 6) -> None:
+        """k-means centroids (about 4 sqrt(n) lists) on a sample; rows assigned to their nearest centroid.
+        Rows added later are assigned on the next search (only the new ones)."""
+        g = torch.Generator().manual_seed(0)
+        if self._ivf is None:
+            n_lists = max(16, int(4 * n**0.5))
+            sample = self.emb[torch.randperm(n, generator=g)[: 32 * n_lists]].float()
+            cents = sample[torch.randperm(len(sample), generator=g)[:n_lists]].clone()
+            for _ in range(iters):
+                assign = (sample @ cents.T).argmax(1)
+                sums = torch.zeros_like(cents).index_add_(0, assign, sample)
+                cents = torch.where(
+                    torch.bincount(assign, minlength=n_lists)[:, None] > 0,
+                    torch.nn.functional.normalize(sums, dim=-1),
+                    cents,
+                )
+            start, lists = 0, [torch.zeros(0, dtype=torch.long) for _ in range(n_lists)]
+        else:
+            (cents, lists), start = self._ivf, self._ivf_rows
+        assign = torch.cat(
+            [(self.emb[s : min(s + 65536, n)].float() @ cents.T).argmax(1) for s in range(start, n, 65536)]
+        )
+        order = torch.argsort(assign, stable=True)
+        counts = torch.bincount(assign, minlength=len(cents)).tolist()
+        for j, part in enumerate(torch.split(order + start, counts)):
+            if len(part):
+                lists[j] = torch.cat([lists[j], part])
+        self._ivf, self._ivf_rows = (cents, lists), n
+
     def _cosines(self, qe: torch.Tensor, n: int, chunk: int = 262_144) -> torch.Tensor:
-        """[Q, D] unit queries -> [Q, n] cosines, float16 matrix read in chunks (float32 math)."""
+        """[Q, D] unit queries -> [Q, n] cosines from the float16 matrix (float16 products: about 1e-3 off)."""
         m = self.emb[:n]
         out = torch.empty(len(qe), n)
         for s in range(0, n, chunk):
-            out[:, s : s + chunk] = qe @ m[s : s + chunk].float().T
+            out[:, s : s + chunk] = (qe.to(torch.float16) @ m[s : s + chunk].T).float()  # no float32 copy
         return out
 
     def vote(self, nb: Neighbours, space_codes: dict[int, dict[str, int]], cfg: VoteConfig | None = None):
@@ -554,10 +622,19 @@ def fuse_log_probs(
         v = torch.zeros(q, n)
         v.index_put_((torch.from_numpy(rows), torch.from_numpy(cols)), torch.from_numpy(w), accumulate=True)
         add += beta * (v if parent is None else v[:, parent])
-    voted = add.abs().sum(1) > 0
+    voted = voted_rows(votes, q)
     z = log_p6.float() + add
     fused = torch.where(voted[:, None], torch.log_softmax(z / cfg.temperature, dim=-1), log_p6.float())
     return fused
+
+
+def voted_rows(votes: dict, n: int) -> torch.Tensor:
+    """[n] bool: rows with at least one neighbour above the floor (at any level: chapters get every vote)."""
+    voted = torch.zeros(n, dtype=torch.bool)
+    for rows, _, w in votes.values():
+        if len(rows):
+            voted[torch.from_numpy(rows[w > 0])] = True
+    return voted
 
 
 def summary(code: str, precedents: Sequence[Precedent]) -> str | None:

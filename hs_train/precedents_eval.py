@@ -40,6 +40,7 @@ from hs_model.precedents import (
     code_tables,
     fuse_log_probs,
     valid_code_set,
+    voted_rows,
 )
 from hs_model.predict import Classifier
 
@@ -207,8 +208,7 @@ def fit_combiner(parts: list[tuple[Cond, dict]], cfg: VoteConfig, clf: Classifie
             add = _vote_add(votes, params, cond.log_p6.shape, m)
             z = (cond.log_p6 + add) / params[3].exp()
             lp = torch.log_softmax(z, dim=-1)
-            voted = add.abs().sum(1) > 0
-            lp = torch.where(voted[:, None], lp, cond.log_p6)
+            lp = torch.where(voted_rows(votes, len(cond.golds))[:, None], lp, cond.log_p6)
             loss = loss + nll(lp, cond.golds, clf)
         loss = loss / len(parts) + 1e-3 * (params[:3] ** 2).sum()
         loss.backward()
@@ -238,7 +238,7 @@ def evaluate_cond(index, cond: Cond, nb: Neighbours, cfg: VoteConfig, tables, cl
     votes, *_ = index.vote(nb, tables, cfg)
     m = clf.model
     fused = fuse_log_probs(cond.log_p6, votes, cfg, m.sub_to_head, m.sub_to_chap)
-    voted = int((fused != cond.log_p6).any(1).sum())
+    voted = int(voted_rows(votes, len(cond.golds)).sum())
     return {
         "rows": len(cond.golds),
         "rows_with_votes": voted,
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     schemes = ("bm25", "tfidf")
     spaces = ("raw", "joint")
     lams = (0.0, 0.3, 0.5, 0.7, 1.0) if args.quick else (0.0, 0.15, 0.3, 0.45, 0.6, 0.8, 1.0)
-    floors = (0.3, 0.45, 0.6) if args.quick else (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    floors = (0.0, 0.1, 0.2, 0.3, 0.45, 0.6) if args.quick else (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
     ks = (5, 10) if args.quick else (3, 5, 10, 20)
     conds = {c.name: c for c in tune + report}
     nbs: dict = {}
