@@ -263,6 +263,7 @@ class VoteConfig:
     lexical_weight: float = 0.3  # lam in h = (1 - lam) cos + lam lexical
     lexical_scheme: LexicalScheme = "bm25"
     min_similarity: float = 0.5  # neighbours below this hybrid similarity do not vote
+    space: Literal["raw", "joint"] = "raw"  # text tower vectors, or the model's adapted text vectors
     exact_up_to: int = 200_000  # above this many rows the embedding search goes through an IVF (approximate)
     nprobe: int = 24  # IVF lists searched per query
     beta6: float = 0.0

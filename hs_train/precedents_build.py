@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hs_model.precedents import INDEX_CARD, INDEX_FILE, VoteConfig
 from hs_model.predict import Classifier
-from hs_train.precedents_eval import build_index, load_rulings, ruling_entries, training_entries
+from hs_train.precedents_eval import _joint_view, build_index, load_rulings, ruling_entries, training_entries
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
         args.data_dir, ("train", "val"), ("train", "val"), weak
     )
     index = build_index(clf, entries, "ship", cfg.lexical_scheme)
+    if cfg.space == "joint":  # the vectors the vote compares live in the model's adapted text space
+        index = _joint_view(index, clf)
     index.config = cfg
     index.save(args.model)
     sizes = {f: (args.model / f).stat().st_size for f in (INDEX_FILE, INDEX_CARD)}

@@ -195,24 +195,36 @@ def nll(log_p6: torch.Tensor, golds: list[str], clf: Classifier) -> torch.Tensor
 
 
 def fit_combiner(parts: list[tuple[Cond, dict]], cfg: VoteConfig, clf: Classifier) -> VoteConfig:
-    """Fit beta6, beta4, beta2 and the temperature by mean NLL over the tuning conditions (each weighs the same)."""
+    """Fit beta6, beta4, beta2 and the temperature by mean NLL over the tuning conditions (each weighs the same).
+
+    Only rows with votes can move (the others keep the model's distribution), so only those enter the fit."""
     m = clf.model
-    params = torch.zeros(4, requires_grad=True)  # log-free betas, log temperature
-    opt = torch.optim.LBFGS([params], lr=0.5, max_iter=60, line_search_fn="strong_wolfe")
+    prepared = []
+    for cond, votes in parts:
+        voted = voted_rows(votes, len(cond.golds))
+        rows = voted.nonzero().flatten()
+        if len(rows) == 0:
+            continue
+        v = _vote_matrices(votes, cond.log_p6.shape, m)  # [3, N, S]
+        pos = {c: i for i, c in enumerate(clf.space.subheadings)}
+        gold = torch.tensor([pos.get(cond.golds[i], -1) for i in rows.tolist()])
+        ok = gold >= 0
+        prepared.append((cond.log_p6[rows][ok], v[:, rows][:, ok], gold[ok], len(cond.golds)))
+    if not prepared:
+        return cfg
+    params = torch.tensor([0.0, 0.0, 0.0, 0.0], requires_grad=True)  # beta6, beta4, beta2, log temperature
+    opt = torch.optim.LBFGS([params], lr=1.0, max_iter=40, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        c = replace(cfg, beta6=0.0, beta4=0.0, beta2=0.0, temperature=1.0)
-        loss = 0.0
-        for cond, votes in parts:
-            add = _vote_add(votes, params, cond.log_p6.shape, m)
-            z = (cond.log_p6 + add) / params[3].exp()
-            lp = torch.log_softmax(z, dim=-1)
-            lp = torch.where(voted_rows(votes, len(cond.golds))[:, None], lp, cond.log_p6)
-            loss = loss + nll(lp, cond.golds, clf)
-        loss = loss / len(parts) + 1e-3 * (params[:3] ** 2).sum()
+        loss = torch.zeros(())
+        for log_p, v, gold, n in prepared:
+            z = (log_p + torch.einsum("j,jns->ns", params[:3], v)) / params[3].exp()
+            lp = torch.log_softmax(z, dim=-1).gather(1, gold[:, None]).squeeze(1)
+            # unvoted rows contribute their (constant) NLL: scale so every condition weighs the same
+            loss = loss - lp.sum() / n
+        loss = loss / len(prepared) + 1e-4 * (params[:3] ** 2).sum()
         loss.backward()
-        del c
         return loss
 
     opt.step(closure)
@@ -220,9 +232,10 @@ def fit_combiner(parts: list[tuple[Cond, dict]], cfg: VoteConfig, clf: Classifie
     return replace(cfg, beta6=b6, beta4=b4, beta2=b2, temperature=float(np.exp(lt)))
 
 
-def _vote_add(votes, params, shape, m) -> torch.Tensor:
+def _vote_matrices(votes, shape, m) -> torch.Tensor:
+    """[3, Q, S] the votes at 6, 4 and 2 digits spread onto the subheadings."""
     q, s = shape
-    add = torch.zeros(q, s)
+    out = torch.zeros(3, q, s)
     for j, (lv, parent) in enumerate(((6, None), (4, m.sub_to_head), (2, m.sub_to_chap))):
         rows, cols, w = votes[lv]
         if len(rows) == 0:
@@ -230,8 +243,8 @@ def _vote_add(votes, params, shape, m) -> torch.Tensor:
         n = s if parent is None else int(parent.max()) + 1
         v = torch.zeros(q, n)
         v.index_put_((torch.from_numpy(rows), torch.from_numpy(cols)), torch.from_numpy(w), accumulate=True)
-        add = add + params[j] * (v if parent is None else v[:, parent])
-    return add
+        out[j] = v if parent is None else v[:, parent]
+    return out
 
 
 def evaluate_cond(index, cond: Cond, nb: Neighbours, cfg: VoteConfig, tables, clf) -> dict:
@@ -259,7 +272,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", type=Path, default=Path("assets/model"))
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
     ap.add_argument("--weak-min-score", type=float, default=None, help="also index HMRC weak labels at/above it")
-    ap.add_argument("--quick", action="store_true", help="a smaller grid")
+    ap.add_argument("--schemes", nargs="+", default=["bm25", "tfidf"], help="lexical scores to try")
+    ap.add_argument("--spaces", nargs="+", default=["raw", "joint"], help="text tower vectors, or the model's adapted")
+    ap.add_argument("--lams", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="lexical weights")
+    ap.add_argument("--floors", type=float, nargs="+", default=[0.0, 0.2], help="hybrid similarity floors")
+    ap.add_argument("--ks", type=int, nargs="+", default=[5], help="neighbours that vote")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.time()
@@ -306,11 +323,7 @@ def main(argv: list[str] | None = None) -> None:
     # --- retrieval grid ---------------------------------------------------------------------------------
     results: dict = {"index_rows": {}, "grid": [], "conditions": {}}
     best = None
-    schemes = ("bm25", "tfidf")
-    spaces = ("raw", "joint")
-    lams = (0.0, 0.3, 0.5, 0.7, 1.0) if args.quick else (0.0, 0.15, 0.3, 0.45, 0.6, 0.8, 1.0)
-    floors = (0.0, 0.1, 0.2, 0.3, 0.45, 0.6) if args.quick else (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-    ks = (5, 10) if args.quick else (3, 5, 10, 20)
+    schemes, spaces, lams, floors, ks = args.schemes, args.spaces, args.lams, args.floors, args.ks
     conds = {c.name: c for c in tune + report}
     nbs: dict = {}
     indexes = {}
@@ -328,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
                 nbs[scheme, space, name] = idx.neighbours(emb, cond.texts, VoteConfig(candidates=50), lexical_hits=hits)
         log.info("neighbours for %s done (%.0f s)", scheme, time.time() - t0)
     for scheme, space, lam, floor, k in itertools.product(schemes, spaces, lams, floors, ks):
-        cfg = VoteConfig(k=k, lexical_weight=lam, lexical_scheme=scheme, min_similarity=floor)  # type: ignore[arg-type]
+        cfg = VoteConfig(k=k, lexical_weight=lam, lexical_scheme=scheme, min_similarity=floor, space=space)  # type: ignore[arg-type]
         index = indexes[scheme]
         parts = [(c, index.vote(nbs[scheme, space, c.name], tables, cfg)[0]) for c in tune]
         fitted = fit_combiner(parts, cfg, clf)
@@ -336,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         for c, votes in parts:
             fused = fuse_log_probs(c.log_p6, votes, fitted, clf.model.sub_to_head, clf.model.sub_to_chap)
             accs.append(accuracy(level_probs(fused, clf), c.golds, clf)["hs4_top1"])
-        row = {"space": space, **asdict(fitted), "tune_hs4": accs, "tune_mean_hs4": float(np.mean(accs))}
+        row = {**asdict(fitted), "tune_hs4": accs, "tune_mean_hs4": float(np.mean(accs))}
         results["grid"].append(row)
         if best is None or row["tune_mean_hs4"] > best[0]["tune_mean_hs4"]:
             best = (row, fitted, space)

@@ -114,6 +114,8 @@ def sync_reviewed_precedents(session: Session, classifier: Classifier, batch: in
             if keep:
                 texts = [" ".join(r.description.split()) for r in keep]
                 emb = classifier.text_tower.encode_text([t or " " for t in texts])
+                if index.config.space == "joint":  # the index holds the model's adapted text vectors
+                    emb = classifier.model.embed_text(emb.to(next(classifier.model.parameters()).device)).detach().cpu()
                 report = index.add(
                     texts,
                     emb,
