@@ -429,13 +429,12 @@ class PrecedentIndex:
         has = (query_emb.float().norm(dim=-1) > 0).numpy()
         kc = min(c, n)
         if n > cfg.exact_up_to:
-            cos_idx, row_sims = self._ivf_search(qe, n, kc, cfg.nprobe)
+            cos_idx, exact = self._ivf_search(qe, n, kc, cfg.nprobe), False
         else:
             sims = self._cosines(qe, n)  # [Q, N] float32
             if self.retired:
                 sims[:, sorted(r for r in self.retired if r < n)] = -2.0
-            cos_idx = sims.topk(kc, dim=1).indices
-            row_sims = None
+            cos_idx, exact = sims.topk(kc, dim=1).indices, True
         if lexical_hits is not None:
             lex_idx, lex_val = lexical_hits
         else:
@@ -455,7 +454,7 @@ class PrecedentIndex:
                         cand.setdefault(j)
             rows = np.fromiter((j for j in cand if j not in self.retired), dtype=np.int64)
             idx[r, : len(rows)] = rows
-            if row_sims is None:
+            if exact:
                 cos[r, : len(rows)] = sims[r, torch.from_numpy(rows)].numpy()
             else:  # approximate search: cosines of the candidates computed here
                 cos[r, : len(rows)] = (self.emb[torch.from_numpy(rows)].float() @ qe[r]).numpy()
@@ -463,7 +462,7 @@ class PrecedentIndex:
         # lexical scores of embedding-found rows the lexical top list missed are left 0: a lower bound
         return Neighbours(idx, cos, lex)
 
-    def _ivf_search(self, qe: torch.Tensor, n: int, k: int, nprobe: int) -> tuple[torch.Tensor, None]:
+    def _ivf_search(self, qe: torch.Tensor, n: int, k: int, nprobe: int) -> torch.Tensor:
         """Inverted-file search: the rows of the `nprobe` lists whose centroids are nearest, ranked exactly."""
         if self._ivf is None or self._ivf_rows < n:
             self._build_ivf(n)
@@ -478,7 +477,7 @@ class PrecedentIndex:
                 sims[torch.isin(rows, torch.tensor(sorted(self.retired)))] = -2.0
             top = sims.topk(min(k, len(rows))).indices
             out[r, : len(top)] = rows[top]
-        return out, None
+        return out
 
     def _build_ivf(self, n: int, iters: int = 6) -> None:
         """k-means centroids (about 4 sqrt(n) lists) on a sample; rows assigned to their nearest centroid.

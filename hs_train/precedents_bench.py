@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -111,8 +112,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     out = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
-        "results": [bench(n, args.queries) for n in args.sizes],
+        "load_average": os.getloadavg(),
+        "results": [],
     }
+    for n in args.sizes:
+        out["results"].append(bench(n, args.queries))
+        print(json.dumps(out["results"][-1]), file=sys.stderr, flush=True)
     print(json.dumps(out, indent=2) if args.json else out)
 
 

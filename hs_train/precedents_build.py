@@ -34,10 +34,14 @@ def main(argv: list[str] | None = None) -> None:
     cfg = VoteConfig.from_dict(chosen)
     weak = results.get("weak_min_score")
     clf = Classifier(args.model)
-    entries = ruling_entries(load_rulings(args.data_dir)) + training_entries(
-        args.data_dir, ("train", "val"), ("train", "val"), weak
+    rulings = load_rulings(args.data_dir)
+    # the held-out experiment's index first (same texts: its cached vectors are reused), then what it held out
+    early = ruling_entries([r for r in rulings if r["date"] < "2026-05-01"])
+    entries = early + training_entries(args.data_dir, ("train",), ("train",), weak)
+    more = ruling_entries([r for r in rulings if r["date"] >= "2026-05-01"]) + training_entries(
+        args.data_dir, ("val",), ("val",), None, brands=False
     )
-    index = build_index(clf, entries, "ship", cfg.lexical_scheme)
+    index = build_index(clf, entries, f"heldout-w{weak}", cfg.lexical_scheme, more=more)
     if cfg.space == "joint":  # the vectors the vote compares live in the model's adapted text space
         index = _joint_view(index, clf)
     index.config = cfg

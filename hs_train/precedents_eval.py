@@ -84,13 +84,15 @@ def ruling_entries(rulings: list[dict]) -> list[Entry]:
     return out
 
 
-def training_entries(data_dir: Path, uk_splits: tuple[str, ...], myntra_splits: tuple[str, ...], weak: float | None):
+def training_entries(
+    data_dir: Path, uk_splits: tuple[str, ...], myntra_splits: tuple[str, ...], weak: float | None, brands: bool = True
+):
     """Every labelled training example except rulings (those are split by date by the caller)."""
     out = []
     for e in load_uk_parcels(data_dir):
         if split_of(e.text or e.id) in uk_splits:
             out.append(Entry(e.text or "", e.hs, "uk_parcels", e.id, ""))
-    for e in load_uk_brands(data_dir):
+    for e in load_uk_brands(data_dir) if brands else []:
         out.append(Entry(e.text or "", e.hs, "uk_brands", e.id, ""))
     for split in myntra_splits:
         for e in load_myntra(data_dir, split):  # type: ignore[arg-type]
@@ -101,9 +103,15 @@ def training_entries(data_dir: Path, uk_splits: tuple[str, ...], myntra_splits: 
     return out
 
 
-def build_index(clf: Classifier, entries: list[Entry], tag: str, scheme: str = "bm25") -> PrecedentIndex:
+def build_index(
+    clf: Classifier, entries: list[Entry], tag: str, scheme: str = "bm25", more: list[Entry] | None = None
+) -> PrecedentIndex:
+    """The index over `entries` (+ `more`, embedded and cached separately so the held-out part's cache is reused)."""
+    emb = cached_text_embeddings(clf.text_tower, [e.text for e in entries], f"prec-{tag}")
+    if more:
+        emb = torch.cat([emb, cached_text_embeddings(clf.text_tower, [e.text for e in more], f"prec-{tag}-more")])
+        entries = entries + more
     texts = [e.text for e in entries]
-    emb = cached_text_embeddings(clf.text_tower, texts, f"prec-{tag}")
     index = PrecedentIndex(clf.text_tower.name, clf.text_tower.dim, lexical=LexicalIndex(scheme))  # type: ignore[arg-type]
     report = index.add(
         texts, emb, [e.code for e in entries], [(e.dataset, e.id, e.date) for e in entries], valid_code_set()
@@ -206,10 +214,11 @@ def fit_combiner(parts: list[tuple[Cond, dict]], cfg: VoteConfig, clf: Classifie
         if len(rows) == 0:
             continue
         v = _vote_matrices(votes, cond.log_p6.shape, m)  # [3, N, S]
-        pos = {c: i for i, c in enumerate(clf.space.subheadings)}
-        gold = torch.tensor([pos.get(cond.golds[i], -1) for i in rows.tolist()])
+        level = 6 if all(len(g) == 6 for g in cond.golds) else 4  # Myntra: heading labels
+        pos = {c: i for i, c in enumerate(clf.space.codes(level))}
+        gold = torch.tensor([pos.get(cond.golds[i][:level], -1) for i in rows.tolist()])
         ok = gold >= 0
-        prepared.append((cond.log_p6[rows][ok], v[:, rows][:, ok], gold[ok], len(cond.golds)))
+        prepared.append((cond.log_p6[rows][ok], v[:, rows][:, ok], gold[ok], len(cond.golds), level))
     if not prepared:
         return cfg
     params = torch.tensor([0.0, 0.0, 0.0, 0.0], requires_grad=True)  # beta6, beta4, beta2, log temperature
@@ -218,9 +227,12 @@ def fit_combiner(parts: list[tuple[Cond, dict]], cfg: VoteConfig, clf: Classifie
     def closure():
         opt.zero_grad()
         loss = torch.zeros(())
-        for log_p, v, gold, n in prepared:
+        for log_p, v, gold, n, level in prepared:
             z = (log_p + torch.einsum("j,jns->ns", params[:3], v)) / params[3].exp()
-            lp = torch.log_softmax(z, dim=-1).gather(1, gold[:, None]).squeeze(1)
+            lp = torch.log_softmax(z, dim=-1)
+            if level == 4:
+                lp = m.level_log_probs(lp, 4, temperature=False)
+            lp = lp.gather(1, gold[:, None]).squeeze(1)
             # unvoted rows contribute their (constant) NLL: scale so every condition weighs the same
             loss = loss - lp.sum() / n
         loss = loss / len(prepared) + 1e-4 * (params[:3] ** 2).sum()
@@ -300,6 +312,15 @@ def main(argv: list[str] | None = None) -> None:
         make_cond(clf, "May rulings, short", [r["short"] for r in may], [r["hs6"] for r in may]),
         make_cond(clf, "UK parcels, val", [e.text or "" for e in uk_val], [e.hs for e in uk_val]),
     ]
+    myntra_val = [e for e in load_myntra(data, "val") if e.images]
+    val_img = cached_image_features(clf.image_tower, [e.images[0] for e in myntra_val], "myntra-val")
+    val_photo = (val_img["pooled"], val_img["probs"], val_img["ok"])
+    vg = [e.hs for e in myntra_val]
+    val_brand = [(e.text or "").split()[0] if (e.text or "").split() else "" for e in myntra_val]
+    tune += [
+        make_cond(clf, "Myntra val, title only", [e.text or "" for e in myntra_val], vg, None, "myntra-val-title"),
+        make_cond(clf, "Myntra val, brand word + photo", val_brand, vg, val_photo, "myntra-val-brand"),
+    ]
     hcc = convert_hscodecomp(data / "eval" / "hscodecomp.jsonl")
     atlas = convert_atlas(data / "eval" / "atlas_validation.jsonl")
     myntra = [e for e in load_myntra(data, "test") if e.images]
@@ -364,7 +385,9 @@ def main(argv: list[str] | None = None) -> None:
     results["crossfit_may"] = crossfit(index, tune, nbs, cfg, space, tables, clf)
     results["seconds"] = time.time() - t0
     args.out.mkdir(parents=True, exist_ok=True)
+    results["weak_min_score"] = args.weak_min_score
     (args.out / "precedents.json").write_text(json.dumps(results, indent=2))
+    (args.out / "precedents_table.md").write_text(to_markdown(results))
     print(to_markdown(results))
 
 
