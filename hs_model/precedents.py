@@ -608,10 +608,17 @@ class PrecedentIndex:
 
 
 def fuse_log_probs(
-    log_p6: torch.Tensor, votes: dict, cfg: VoteConfig, sub_to_head: torch.Tensor, sub_to_chap: torch.Tensor
+    log_p6: torch.Tensor,
+    votes: dict,
+    cfg: VoteConfig,
+    sub_to_head: torch.Tensor,
+    sub_to_chap: torch.Tensor,
+    text_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Model log P(subheading) [Q, S] + the votes -> fused log P [Q, S]. Rows without votes: log_p6 at temperature
-    `cfg.temperature` (1.0 keeps them exactly as they were)."""
+    """Model log P(subheading) [Q, S] + the votes -> fused log P [Q, S]; rows without votes keep log_p6 exactly.
+
+    text_weight [Q]: the model's gate on the description (1 for text alone, lower when a photo carries the item):
+    precedents are found through the description, so they count as much as the model trusts it."""
     q, s = log_p6.shape
     add = torch.zeros(q, s, dtype=torch.float32)
     for level, beta, parent in ((6, cfg.beta6, None), (4, cfg.beta4, sub_to_head), (2, cfg.beta2, sub_to_chap)):
@@ -623,6 +630,8 @@ def fuse_log_probs(
         v.index_put_((torch.from_numpy(rows), torch.from_numpy(cols)), torch.from_numpy(w), accumulate=True)
         add += beta * (v if parent is None else v[:, parent])
     voted = voted_rows(votes, q)
+    if text_weight is not None:
+        add = add * text_weight.float().cpu()[:, None]
     z = log_p6.float() + add
     fused = torch.where(voted[:, None], torch.log_softmax(z / cfg.temperature, dim=-1), log_p6.float())
     return fused

@@ -230,7 +230,7 @@ class Classifier:
         voted = [False] * n
         use_precedents = self.precedents is not None and len(feats.texts) == n and bool(feats.has_text.any())
         if use_precedents:
-            log_p6, evidence, voted = self._vote(log_p6, feats, out.text_joint)
+            log_p6, evidence, voted = self._vote(log_p6, feats, out.text_joint, out.gates[:, 0])
         # top-k of the whole batch at once, on the model's device; one transfer per level
         tops = {
             lv: self._top_batch(
@@ -268,7 +268,7 @@ class Classifier:
         return [dataclasses.replace(r, latency_ms=elapsed) for r in results]
 
     def _vote(
-        self, log_p6: torch.Tensor, feats: Features, text_joint: torch.Tensor
+        self, log_p6: torch.Tensor, feats: Features, text_joint: torch.Tensor, text_gate: torch.Tensor
     ) -> tuple[torch.Tensor, list[tuple[Precedent, ...]], list[bool]]:
         """The precedents' vote fused into log P(subheading) [B, S]; rows without text are left as they were."""
         index = self.precedents
@@ -278,7 +278,9 @@ class Classifier:
         nb = index.neighbours(query, texts)
         votes, chosen, sims, weights = index.vote(nb, self._code_tables)
         m = self.model
-        fused = fuse_log_probs(log_p6.float().cpu(), votes, index.config, m.sub_to_head.cpu(), m.sub_to_chap.cpu())
+        fused = fuse_log_probs(
+            log_p6.float().cpu(), votes, index.config, m.sub_to_head.cpu(), m.sub_to_chap.cpu(), text_gate
+        )
         evidence = [index.evidence(chosen, sims, weights, i) for i in range(len(texts))]
         voted = [bool((weights[i] > 0).any()) for i in range(len(texts))]
         return fused.to(log_p6.device), evidence, voted

@@ -130,6 +130,7 @@ class Cond:
     raw: torch.Tensor  # [N, E] text tower vectors (zeros where no text)
     log_p6: torch.Tensor  # [N, S]
     joint_text: torch.Tensor  # [N, D] the model's adapted text vector
+    gate: torch.Tensor  # [N] the model's weight on the description (1 for text alone)
 
 
 @torch.inference_mode()
@@ -145,7 +146,7 @@ def make_cond(clf: Classifier, name: str, texts: list[str], golds: list[str], im
     m = clf.model
     out = m(raw, pooled, probs, has_text, has_image)
     log_p6 = m.level_log_probs(out.logits, 6)
-    return Cond(name, golds, texts, raw, log_p6.float(), m.embed_text(raw) * has_text[:, None])
+    return Cond(name, golds, texts, raw, log_p6.float(), m.embed_text(raw) * has_text[:, None], out.gates[:, 0].float())
 
 
 def level_probs(log_p6: torch.Tensor, clf: Classifier) -> dict[int, torch.Tensor]:
@@ -202,7 +203,7 @@ def nll(log_p6: torch.Tensor, golds: list[str], clf: Classifier) -> torch.Tensor
     return torch.cat(total).mean()
 
 
-def fit_combiner(parts: list[tuple[Cond, dict]], cfg: VoteConfig, clf: Classifier) -> VoteConfig:
+def fit_combiner(parts: list[tuple[Cond, dict]], cfg: VoteConfig, clf: Classifier, max_rows: int = 300) -> VoteConfig:
     """Fit beta6, beta4, beta2 and the temperature by mean NLL over the tuning conditions (each weighs the same).
 
     Only rows with votes can move (the others keep the model's distribution), so only those enter the fit."""
@@ -213,7 +214,9 @@ def fit_combiner(parts: list[tuple[Cond, dict]], cfg: VoteConfig, clf: Classifie
         rows = voted.nonzero().flatten()
         if len(rows) == 0:
             continue
-        v = _vote_matrices(votes, cond.log_p6.shape, m)  # [3, N, S]
+        if len(rows) > max_rows:  # a fixed subsample keeps each fit to seconds on 2 cores
+            rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:max_rows].sort().values]
+        v = _vote_matrices(votes, cond.log_p6.shape, m) * cond.gate[None, :, None]  # [3, N, S]
         level = 6 if all(len(g) == 6 for g in cond.golds) else 4  # Myntra: heading labels
         pos = {c: i for i, c in enumerate(clf.space.codes(level))}
         gold = torch.tensor([pos.get(cond.golds[i][:level], -1) for i in rows.tolist()])
@@ -262,7 +265,7 @@ def _vote_matrices(votes, shape, m) -> torch.Tensor:
 def evaluate_cond(index, cond: Cond, nb: Neighbours, cfg: VoteConfig, tables, clf) -> dict:
     votes, *_ = index.vote(nb, tables, cfg)
     m = clf.model
-    fused = fuse_log_probs(cond.log_p6, votes, cfg, m.sub_to_head, m.sub_to_chap)
+    fused = fuse_log_probs(cond.log_p6, votes, cfg, m.sub_to_head, m.sub_to_chap, cond.gate)
     voted = int(voted_rows(votes, len(cond.golds)).sum())
     return {
         "rows": len(cond.golds),
@@ -368,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         fitted = fit_combiner(parts, cfg, clf)
         accs = []
         for c, votes in parts:
-            fused = fuse_log_probs(c.log_p6, votes, fitted, clf.model.sub_to_head, clf.model.sub_to_chap)
+            fused = fuse_log_probs(c.log_p6, votes, fitted, clf.model.sub_to_head, clf.model.sub_to_chap, c.gate)
             accs.append(accuracy(level_probs(fused, clf), c.golds, clf)["hs4_top1"])
         row = {**asdict(fitted), "tune_hs4": accs, "tune_mean_hs4": float(np.mean(accs))}
         results["grid"].append(row)
@@ -418,7 +421,7 @@ def crossfit(index, tune: list[Cond], nbs, cfg: VoteConfig, space: str, tables, 
             c = _rows(tune[target], te)
             votes = index.vote(_rows_nb(nbs[cfg.lexical_scheme, space, tune[target].name], te), tables, fitted)[0]
             fused_all[torch.from_numpy(te)] = fuse_log_probs(
-                c.log_p6, votes, fitted, clf.model.sub_to_head, clf.model.sub_to_chap
+                c.log_p6, votes, fitted, clf.model.sub_to_head, clf.model.sub_to_chap, c.gate
             )
         out[tune[target].name] = accuracy(level_probs(fused_all, clf), tune[target].golds, clf)
     return out
@@ -426,7 +429,15 @@ def crossfit(index, tune: list[Cond], nbs, cfg: VoteConfig, space: str, tables, 
 
 def _rows(c: Cond, rows: np.ndarray) -> Cond:
     r = torch.from_numpy(np.asarray(rows, dtype=np.int64))
-    return Cond(c.name, [c.golds[i] for i in rows], [c.texts[i] for i in rows], c.raw[r], c.log_p6[r], c.joint_text[r])
+    return Cond(
+        c.name,
+        [c.golds[i] for i in rows],
+        [c.texts[i] for i in rows],
+        c.raw[r],
+        c.log_p6[r],
+        c.joint_text[r],
+        c.gate[r],
+    )
 
 
 def _rows_nb(nb: Neighbours, rows) -> Neighbours:
