@@ -181,8 +181,9 @@ class LexicalIndex:
             self._mean_idf_at = len(self)
         return self._mean_idf_cache
 
-    def _tfidf_norms(self, idf: np.ndarray) -> np.ndarray:
+    def _tfidf_norms(self) -> np.ndarray:
         if self._norms is None or len(self._norms) != len(self):
+            idf = self.idf()
             x = self.counts().tocsr(copy=True)
             x.data = (1 + np.log(x.data)) * idf[x.indices]
             self._norms = np.sqrt(np.asarray(x.multiply(x).sum(1)).ravel()).astype(np.float32)
@@ -196,31 +197,39 @@ class LexicalIndex:
         if len(self) == 0:
             return idx, val
         x = self.counts()
-        norms = self._tfidf_norms(self.idf()) if self.scheme == "tfidf" else None
+        norms = self._tfidf_norms() if self.scheme == "tfidf" else None
         avgdl = float(self.doc_len.mean()) or 1.0
         for r in range(len(texts)):
             terms, qtf = q.indices[q.indptr[r] : q.indptr[r + 1]], q.data[q.indptr[r] : q.indptr[r + 1]]
             terms, qtf = terms[self.df[terms] > 0], qtf[self.df[terms] > 0]
             if len(terms) == 0:
                 continue
-            idf = np.zeros(N_FEATURES, dtype=np.float32)  # only the query's terms are read
-            idf[terms] = self.idf(terms)
+            # words in more than 5 % of a large index weigh little and cost the most: leave them out (keep 2 rarest)
+            cap = max(5_000, len(self) // 20)
+            common = self.df[terms] > cap
+            if common.any():
+                keep = ~common
+                if keep.sum() < 2:
+                    keep[np.argsort(self.df[terms], kind="stable")[:2]] = True
+                terms, qtf = terms[keep], qtf[keep]
+            idf = self.idf(terms)  # [T] the query's terms only
             cols = x[:, terms]  # [N, T] counts of the query's terms
             cols = cols.tocoo()
             tf, d, t = cols.data, cols.row, cols.col
             if self.scheme == "bm25":
                 denom = tf + self.k1 * (1 - self.b + self.b * self.doc_len[d] / avgdl)
-                contrib = idf[terms][t] * qtf[t] * tf * (self.k1 + 1) / denom
-                bound = float((idf[terms] * qtf).sum() * (self.k1 + 1))  # score as tf -> infinity in every term
+                contrib = idf[t] * qtf[t] * tf * (self.k1 + 1) / denom
+                bound = float((idf * qtf).sum() * (self.k1 + 1))  # score as tf -> infinity in every term
             else:
-                qw = (1 + np.log(qtf)) * idf[terms]
+                qw = (1 + np.log(qtf)) * idf
                 qw = qw / (np.linalg.norm(qw) or 1.0)
-                contrib = qw[t] * (1 + np.log(tf)) * idf[terms][t] / np.maximum(norms[d], 1e-12)
+                contrib = qw[t] * (1 + np.log(tf)) * idf[t] / np.maximum(norms[d], 1e-12)
                 bound = 1.0
-            scores = np.bincount(d, weights=contrib, minlength=len(self))
+            docs, inverse = np.unique(d, return_inverse=True)  # only the documents sharing a word
+            scores = np.bincount(inverse, weights=contrib)
             top = _topk(scores, k)
             top = top[scores[top] > 0]
-            idx[r, : len(top)] = top
+            idx[r, : len(top)] = docs[top]
             val[r, : len(top)] = np.clip(scores[top] / max(bound, 1e-12), 0, 1)
         return idx, val
 

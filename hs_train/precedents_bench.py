@@ -104,11 +104,33 @@ def bench(n: int, queries: int = 50) -> dict:
     }
 
 
+def predict_p50(queries: int = 40) -> dict:
+    """Real predictions (text only) with the shipped model, without and with its shipped precedent index."""
+    from hs_model.predict import Classifier
+
+    clf = Classifier()
+    texts = ["bicycle helmets", "men's knitted cotton T-shirt", "stainless steel kitchen knife", "laptop 14 inch"]
+    out = {"index_rows": len(clf.precedents) if clf.precedents is not None else 0}
+    index = clf.precedents
+    for name, idx in (("codes_only", None), ("with_precedents", index)):
+        clf.precedents = idx
+        clf.predict(texts[0])
+        times = []
+        for i in range(queries):
+            t = time.perf_counter()
+            clf.predict(texts[i % len(texts)])
+            times.append((time.perf_counter() - t) * 1000)
+        times.sort()
+        out[name] = {"p50": statistics.median(times), "p95": times[int(0.95 * (len(times) - 1))]}
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--queries", type=int, default=50)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--predict", action="store_true", help="also time real predictions with the shipped index")
     args = ap.parse_args(argv)
     out = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
@@ -118,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     for n in args.sizes:
         out["results"].append(bench(n, args.queries))
         print(json.dumps(out["results"][-1]), file=sys.stderr, flush=True)
+    if args.predict:
+        out["predict_text_ms"] = predict_p50(args.queries)
     print(json.dumps(out, indent=2) if args.json else out)
 
 
