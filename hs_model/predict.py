@@ -136,6 +136,8 @@ def decode_images(sources: Sequence[bytes | Path], names: Sequence[str] | None =
 class Classifier:
     """Towers + joint model + nomenclature, loaded once and shared (read-only) by every session."""
 
+    precedents: PrecedentIndex | None = None  # the labelled examples' vote (None: codes only)
+
     def __init__(self, model_dir: Path | None = DEFAULT_MODEL_DIR, towers: TowerConfig | None = None) -> None:
         from hs_model.nomenclature import EDITION, get_nomenclature
 

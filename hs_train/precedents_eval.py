@@ -190,19 +190,6 @@ def vote_only_scores(index: PrecedentIndex, nb: Neighbours, cfg: VoteConfig, tab
     return out, out[2].sum(1) > 0
 
 
-def nll(log_p6: torch.Tensor, golds: list[str], clf: Classifier) -> torch.Tensor:
-    m = clf.model
-    total = []
-    for lv in (6, 4):
-        pos = {c: i for i, c in enumerate(clf.space.codes(lv))}
-        rows = [i for i, g in enumerate(golds) if len(g) == lv and g in pos]
-        if rows:
-            lp = log_p6 if lv == 6 else m.level_log_probs(log_p6, 4, temperature=False)
-            gold = torch.tensor([pos[golds[i]] for i in rows])
-            total.append(-lp[rows].gather(1, gold[:, None]).squeeze(1))
-    return torch.cat(total).mean()
-
-
 def fit_combiner(parts: list[tuple[Cond, dict]], cfg: VoteConfig, clf: Classifier, max_rows: int = 300) -> VoteConfig:
     """Fit beta6, beta4, beta2 and the temperature by mean NLL over the tuning conditions (each weighs the same).
 
