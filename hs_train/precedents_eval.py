@@ -249,6 +249,22 @@ def _vote_matrices(votes, shape, m) -> torch.Tensor:
     return out
 
 
+def review(log_p6: torch.Tensor, golds: list[str], clf: Classifier) -> dict:
+    """The review route at the model's threshold (heading confidence): share answered, accuracy when answered, ECE."""
+    from hs_model.evaluate import expected_calibration_error
+
+    p4 = level_probs(log_p6, clf)[4].exp()
+    conf, top = p4.max(1)
+    codes = clf.space.codes(4)
+    hit = np.array([codes[int(t)] == g[:4] for t, g in zip(top, golds, strict=True)], dtype=float)
+    answered = (conf >= float(clf.model.review_threshold)).numpy()
+    return {
+        "coverage": float(answered.mean()),
+        "accuracy_when_answered": float(hit[answered].mean()) if answered.any() else None,
+        "ece_hs4": expected_calibration_error(conf.numpy(), hit),
+    }
+
+
 def evaluate_cond(index, cond: Cond, nb: Neighbours, cfg: VoteConfig, tables, clf) -> dict:
     votes, *_ = index.vote(nb, tables, cfg)
     m = clf.model
@@ -257,6 +273,7 @@ def evaluate_cond(index, cond: Cond, nb: Neighbours, cfg: VoteConfig, tables, cl
     return {
         "rows": len(cond.golds),
         "rows_with_votes": voted,
+        "review": {"codes-only": review(cond.log_p6, cond.golds, clf), "fused": review(fused, cond.golds, clf)},
         "codes-only": accuracy(level_probs(cond.log_p6, clf), cond.golds, clf),
         "precedents-only": accuracy(
             *vote_only_scores(index, nb, cfg, tables, len(cond.golds), clf)[:1],
@@ -453,6 +470,18 @@ def to_markdown(results: dict) -> str:
         )
     for name, m in results.get("crossfit_may", {}).items():
         lines.append(f"| {name}, combiner cross-fitted (5 folds) | | | | {f(m, 2)} / {f(m, 4)} / {f(m, 6)} | |")
+    lines += [
+        "",
+        "| condition | coverage / acc. when answered / ECE (HS4), codes only | same, fused |",
+        "|---|---|---|",
+    ]
+    for name, r in results["conditions"].items():
+        cells = []
+        for key in ("codes-only", "fused"):
+            v = r["review"][key]
+            acc = "–" if v["accuracy_when_answered"] is None else f"{100 * v['accuracy_when_answered']:.1f}"
+            cells.append(f"{100 * v['coverage']:.0f} % / {acc} / {v['ece_hs4']:.3f}")
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 
 
