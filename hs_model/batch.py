@@ -84,6 +84,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "chapter_score",
     "chapter_description",
     "needs_review",
+    "precedents",  # e.g. "2 earlier rulings on similar goods: 9506.91" when precedents voted for code_1
     "model_version",
     "error",
 )
@@ -585,6 +586,8 @@ def result_record(
             best = prediction.levels[level][0]
             rec[key], rec[f"{key}_score"], rec[f"{key}_description"] = best.code, round(best.score, 4), best.description
         rec["needs_review"] = bool(prediction.needs_review)
+        summary = getattr(prediction, "precedent_summary", None)  # resumed rows carry a stored prediction
+        rec["precedents"] = summary(prediction.levels[6][0].code) if summary else None
         rec["model_version"] = prediction.model_version
     rec["error"] = error if error else ("; ".join(row.problems) or None)
     rec.update(extra)

@@ -201,3 +201,29 @@ def test_ivf_search_finds_the_exact_neighbours_of_clustered_vectors():
     # 50 near-copies per cluster: the same neighbours up to float16 ties, so compare how near they are
     assert (b.idx[:, :5] >= 0).all() and np.allclose(np.sort(a.cos, 1), np.sort(b.cos, 1), atol=3e-3)
     assert all({i % 20 for i in b.idx[r, :5]} == {r % 20} for r in range(3))  # all from the query's own cluster
+
+
+def test_batch_results_carry_the_precedents_line_of_the_top_code():
+    from hs_model.batch import BatchRow, result_record
+    from hs_model.predict import Candidate, Precedent, Prediction
+
+    levels = {
+        6: [Candidate("650610", 6, "Headgear; safety", 0.8)],
+        4: [Candidate("6506", 4, "Headgear", 0.8)],
+        2: [Candidate("65", 2, "Headgear", 0.9)],
+    }
+    voted = (Precedent("bicycle helmets", "650610", "cbp_rulings", "N1", "2026-04-01", 0.9, 0.9),) * 4
+    pred = Prediction("v", "HS2022", levels, False, 0.6, 1.0, "text", (1.0, 0.0), precedents=voted)
+    rec = result_record(BatchRow(2, "a", "bicycle helmets"), pred)
+    assert rec["precedents"] == "4 earlier rulings on similar goods: 6506.10"
+    assert (
+        result_record(BatchRow(2, "a", "x"), Prediction("v", "HS2022", levels, False, 0.6, 1.0, "text", (1.0, 0.0)))[
+            "precedents"
+        ]
+        is None
+    )
+    assert pred.to_json()["precedents"]["candidates"] == {
+        "650610": "4 earlier rulings on similar goods: 6506.10",
+        "6506": "4 earlier rulings on similar goods: 6506",
+        "65": "4 earlier rulings on similar goods: 65",
+    }
