@@ -567,6 +567,7 @@ class PrecedentIndex:
         tensors = {"emb": self.matrix.contiguous(), **self.lexical.state()}
         save_file(tensors, str(folder / INDEX_FILE))
         card = {
+            "sha256": _sha256(folder / INDEX_FILE),
             "tower": self.tower,
             "dim": self.dim,
             "rows": len(self),
@@ -584,6 +585,8 @@ class PrecedentIndex:
         if not (folder / INDEX_FILE).is_file() or not (folder / INDEX_CARD).is_file():
             return None
         card = json.loads((folder / INDEX_CARD).read_text())
+        if card.get("sha256") and card["sha256"] != _sha256(folder / INDEX_FILE):
+            raise ValueError(f"{folder / INDEX_FILE} does not match the hash in {INDEX_CARD}: the file was changed")
         t = load_file(str(folder / INDEX_FILE))
         n = int(card["rows"])
         if len(card["codes"]) != n or t["emb"].shape[0] != n:
@@ -614,6 +617,16 @@ class PrecedentIndex:
         out.texts = [self.texts[i] for i in rows]
         out.provenance = [self.provenance[i] for i in rows]
         return out
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def fuse_log_probs(

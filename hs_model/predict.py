@@ -188,7 +188,11 @@ class Classifier:
         """The precedent index shipped next to a model (None: codes only, as zero-shot and older checkpoints)."""
         if model_dir is None:
             return None
-        index = PrecedentIndex.load(Path(model_dir), valid_code_set())
+        try:
+            index = PrecedentIndex.load(Path(model_dir), valid_code_set())
+        except (ValueError, KeyError, OSError) as exc:  # a damaged or tampered index: codes only, said in the log
+            log.error("precedent index in %s not used: %s", model_dir, exc)
+            return None
         if index is not None and (index.tower != self.text_tower.name or index.dim != self.text_tower.dim):
             log.warning(
                 "precedents in %s were embedded with %s, not %s: not used", model_dir, index.tower, self.text_tower.name

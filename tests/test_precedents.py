@@ -174,6 +174,11 @@ def test_save_load_roundtrip_and_evidence(tmp_path):
     assert ev[0].code == "650610" and ev[0].dataset == "cbp_rulings" and ev[0].date == "2026-01-01"
     assert summary("650610", ev) == "1 earlier ruling on similar goods: 6506.10"
     assert PrecedentIndex.load(tmp_path / "none", VALID) is None
+    data = bytearray((tmp_path / INDEX_FILE).read_bytes())
+    data[-1] ^= 1  # one bit of one vector changed
+    (tmp_path / INDEX_FILE).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="was changed"):
+        PrecedentIndex.load(tmp_path, VALID)
 
 
 def test_shipped_index_codes_are_valid_hs2022():
