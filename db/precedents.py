@@ -57,3 +57,37 @@ def reviewed_with_embeddings(session: Session, model_version: str, limit: int = 
         PrecedentRow(item_id, desc, cast(str, d.code), d.kind, d.created_at, reviewer, version, cast(bytes, emb))
         for item_id, desc, emb, d, reviewer, version in session.execute(stmt)
     ]
+
+
+@dataclass(frozen=True)
+class ReviewedDecision:
+    """The latest decision of a line item that changed after a cursor: approved/corrected ones join the index."""
+
+    decision_id: int
+    line_item_id: int
+    description: str
+    code: str
+    kind: str  # 'approved' | 'corrected' | any later state (which retires the item from the index)
+    decided_at: datetime
+
+
+def latest_decisions_after(session: Session, after_decision_id: int, limit: int = 5_000) -> list[ReviewedDecision]:
+    """Items whose latest decision has an id above `after_decision_id`, with that decision, oldest first.
+
+    Whatever model made the prediction: the precedent index embeds the description itself.
+    """
+    last_d = (
+        select(Decision.line_item_id, func.max(Decision.id).label("did")).group_by(Decision.line_item_id).subquery()
+    )
+    stmt = (
+        select(Decision.id, LineItem.id, LineItem.description, Decision.code, Decision.kind, Decision.created_at)
+        .join(last_d, last_d.c.did == Decision.id)
+        .join(LineItem, LineItem.id == Decision.line_item_id)
+        .where(Decision.id > after_decision_id)
+        .order_by(Decision.id)
+        .limit(limit)
+    )
+    return [
+        ReviewedDecision(did, item, desc or "", code or "", kind, at)
+        for did, item, desc, code, kind, at in session.execute(stmt)
+    ]

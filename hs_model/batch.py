@@ -84,6 +84,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "chapter_score",
     "chapter_description",
     "needs_review",
+    "precedents",  # e.g. "2 earlier rulings on similar goods: 9506.91" when precedents voted for code_1
     "model_version",
     "question",  # the guided question a broker should answer for this line (hs_model.questions), if any
     "evidence",
@@ -610,6 +611,8 @@ def result_record(
             best = prediction.levels[level][0]
             rec[key], rec[f"{key}_score"], rec[f"{key}_description"] = best.code, score(best.score), best.description
         rec["needs_review"] = bool(prediction.needs_review)
+        summary = getattr(prediction, "precedent_summary", None)  # resumed rows carry a stored prediction
+        rec["precedents"] = summary(prediction.levels[6][0].code) if summary else None
         rec["model_version"] = prediction.model_version
         guidance = getattr(prediction, "guidance", None)
         if guidance is not None:

@@ -73,6 +73,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"-- {level} digits")
         for c in pred.levels[level]:
             print(f"  {c.code:>6}  {c.score:6.1%}  {c.description[:90]}")
+            if level == 6 and (line := pred.precedent_summary(c.code)):
+                print(f"          {line}")
+    for p in [p for p in pred.precedents if p.weight > 0][:5]:
+        print(f"precedent {p.code} ({p.dataset} {p.id} {p.date}, similarity {p.similarity:.2f}): {p.text[:100]}")
     return 0
 
 

@@ -31,6 +31,7 @@ from hs_model.config import TowerConfig
 from hs_model.errors import InputError
 from hs_model.images import load_image
 from hs_model.model import HeadConfig, HsJointModel, LabelSpace
+from hs_model.precedents import Precedent, PrecedentIndex, code_tables, fuse_log_probs, summary, valid_code_set
 from hs_model.questions import POOL, Guidance, guide
 from hs_model.towers import build_towers
 
@@ -75,6 +76,11 @@ class Prediction:
     embedding: tuple[float, ...] = ()  # joint-space vector (for precedent search)
     notes: tuple[str, ...] = field(default=())
     guidance: Guidance | None = None  # questions, evidence and answers (hs_model.questions)
+    precedents: tuple[Precedent, ...] = ()  # nearest labelled examples (weight > 0: they voted)
+
+    def precedent_summary(self, code: str) -> str | None:
+        """ "4 earlier rulings on similar goods: 6506.10" when precedents voted for `code` (2, 4 or 6 digits)."""
+        return summary(code, self.precedents)
 
     @property
     def top(self) -> Candidate:
@@ -91,6 +97,15 @@ class Prediction:
             "gates": {"text": round(self.gates[0], 4), "image": round(self.gates[1], 4)},
             "latency_ms": round(self.latency_ms, 2),
             "notes": list(self.notes),
+            "precedents": {
+                "neighbours": [p.to_dict() for p in self.precedents],
+                "candidates": {
+                    c.code: line
+                    for cs in self.levels.values()
+                    for c in cs
+                    if (line := self.precedent_summary(c.code)) is not None
+                },
+            },
         } | (self.guidance.to_json() if self.guidance is not None else {})
 
 
@@ -125,6 +140,8 @@ def decode_images(sources: Sequence[bytes | Path], names: Sequence[str] | None =
 class Classifier:
     """Towers + joint model + nomenclature, loaded once and shared (read-only) by every session."""
 
+    precedents: PrecedentIndex | None = None  # the labelled examples' vote (None: codes only)
+
     def __init__(self, model_dir: Path | None = DEFAULT_MODEL_DIR, towers: TowerConfig | None = None) -> None:
         from hs_core.nomenclature import EDITION, get_nomenclature
 
@@ -138,6 +155,7 @@ class Classifier:
         self.space = LabelSpace.from_codes([c.digits for c in self.nomenclature.subheadings])
         self.official_bank = build_official_bank(self.text_tower, self.space, self.edition)
         self.card, self.model = self._load_head(model_dir)
+        self.precedents = self._load_precedents(model_dir)
         self.lock = threading.Lock()  # explanations hook shared modules; they take this lock
         self.load_seconds = time.perf_counter() - t0
         log.info("classifier %s ready in %.1f s", self.card.version, self.load_seconds)
@@ -167,7 +185,30 @@ class Classifier:
         """Another model version over the same loaded towers (cheap: no tower is loaded again)."""
         other = copy.copy(self)
         other.card, other.model = self._load_head(model_dir)
+        other.precedents = other._load_precedents(model_dir)
         return other
+
+    def _load_precedents(self, model_dir: Path | None) -> PrecedentIndex | None:
+        """The precedent index shipped next to a model (None: codes only, as zero-shot and older checkpoints)."""
+        if model_dir is None:
+            return None
+        try:
+            index = PrecedentIndex.load(Path(model_dir), valid_code_set())
+        except (ValueError, KeyError, OSError) as exc:  # a damaged or tampered index: codes only, said in the log
+            log.error("precedent index in %s not used: %s", model_dir, exc)
+            return None
+        if index is not None and (index.tower != self.text_tower.name or index.dim != self.text_tower.dim):
+            log.warning(
+                "precedents in %s were embedded with %s, not %s: not used", model_dir, index.tower, self.text_tower.name
+            )
+            return None
+        if index is not None:
+            log.info("precedent index: %d rows", len(index))
+        return index
+
+    @functools.cached_property
+    def _code_tables(self) -> dict[int, dict[str, int]]:
+        return code_tables(self.space.subheadings)
 
     @property
     def version(self) -> str:
@@ -194,12 +235,23 @@ class Classifier:
         """Rank HS codes from the towers' outputs (lets evaluation run the towers once for many model versions)."""
         t0 = started if started is not None else time.perf_counter()
         out = self.model(*feats.as_inputs(self.device))
+        log_p6 = self.model.level_log_probs(out.logits, 6)
+        n = len(feats.has_text)
+        evidence: list[tuple[Precedent, ...]] = [()] * n
+        voted = [False] * n
+        use_precedents = self.precedents is not None and len(feats.texts) == n and bool(feats.has_text.any())
+        if use_precedents:
+            log_p6, evidence, voted = self._vote(log_p6, feats, out.text_joint, out.gates[:, 0])
         # top-k of the whole batch at once, on the model's device; one transfer per level
-        tops = {lv: self._top_batch(self.model.level_log_probs(out.logits, lv), lv, top_k) for lv in LEVELS}
+        tops = {
+            lv: self._top_batch(
+                log_p6 if lv == 6 else self.model.level_log_probs(log_p6, lv, temperature=False), lv, top_k
+            )
+            for lv in LEVELS
+        }
         joint = out.joint.float().cpu().tolist()
         gates = out.gates.float().cpu().tolist()
         has_text, has_image = feats.has_text.tolist(), feats.has_image.tolist()
-        n = len(has_text)
         threshold = float(self.model.review_threshold)
         results = []
         for i in range(n):
@@ -218,11 +270,31 @@ class Classifier:
                     modality=modality,
                     gates=(gates[i][0], gates[i][1]),
                     embedding=tuple(joint[i]),
-                    notes=feats.notes[i] if feats.notes else (),
+                    notes=(feats.notes[i] if feats.notes else ())
+                    + _precedent_note(use_precedents, has_text[i], voted[i]),
+                    precedents=evidence[i],
                 )
             )
         elapsed = (time.perf_counter() - t0) * 1000 / max(n, 1)
         return [dataclasses.replace(r, latency_ms=elapsed) for r in results]
+
+    def _vote(
+        self, log_p6: torch.Tensor, feats: Features, text_joint: torch.Tensor, text_gate: torch.Tensor
+    ) -> tuple[torch.Tensor, list[tuple[Precedent, ...]], list[bool]]:
+        """The precedents' vote fused into log P(subheading) [B, S]; rows without text are left as they were."""
+        index = self.precedents
+        assert index is not None
+        texts = [t if has else "" for t, has in zip(feats.texts, feats.has_text.tolist(), strict=True)]
+        query = feats.text if index.config.space == "raw" else text_joint.float().cpu()
+        nb = index.neighbours(query, texts)
+        votes, chosen, sims, weights = index.vote(nb, self._code_tables)
+        m = self.model
+        fused = fuse_log_probs(
+            log_p6.float().cpu(), votes, index.config, m.sub_to_head.cpu(), m.sub_to_chap.cpu(), text_gate
+        )
+        evidence = [index.evidence(chosen, sims, weights, i) for i in range(len(texts))]
+        voted = [bool((weights[i] > 0).any()) for i in range(len(texts))]
+        return fused.to(log_p6.device), evidence, voted
 
     def _top_batch(self, log_probs: torch.Tensor, level: int, k: int) -> list[list[Candidate]]:
         """[B, n_level] log-probabilities -> the k best candidates of each row."""
@@ -258,7 +330,7 @@ class Classifier:
             )
         has_text = torch.tensor([bool(t) for t in texts])
         has_image = torch.tensor([bool(q.images) for q in queries])
-        return Features(text_emb, pooled, probs, has_text, has_image, tuple(notes))
+        return Features(text_emb, pooled, probs, has_text, has_image, tuple(notes), tuple(texts))
 
     def _encode_photos(self, queries: Sequence[Query]) -> tuple[torch.Tensor, torch.Tensor]:
         """All photos of the batch through the image tower together (one shared photo runs once), mean per query."""
@@ -294,17 +366,27 @@ class Features:
     has_text: torch.Tensor  # [B] bool
     has_image: torch.Tensor  # [B] bool
     notes: tuple[tuple[str, ...], ...] = ()
+    texts: tuple[str, ...] = ()  # the cleaned descriptions (the precedents' lexical search); may be absent
 
     @staticmethod
     def concat(parts: Sequence[Features]) -> Features:
         fields = ("text", "image_pooled", "image_probs", "has_text", "has_image")
         text, pooled, probs, has_text, has_image = (torch.cat([getattr(p, f) for p in parts]) for f in fields)
-        return Features(text, pooled, probs, has_text, has_image, notes=tuple(n for p in parts for n in p.notes))
+        texts = tuple(t for p in parts for t in p.texts) if all(len(p.texts) == len(p.has_text) for p in parts) else ()
+        notes = tuple(n for p in parts for n in p.notes)
+        return Features(text, pooled, probs, has_text, has_image, notes=notes, texts=texts)
 
     def as_inputs(self, device: torch.device) -> tuple[torch.Tensor, ...]:
         return tuple(
             t.to(device) for t in (self.text, self.image_pooled, self.image_probs, self.has_text, self.has_image)
         )
+
+
+def _precedent_note(used: bool, has_text: bool, voted: bool) -> tuple[str, ...]:
+    """Say so when the description found no precedent close enough to vote."""
+    if used and has_text and not voted:
+        return ("No earlier precedent is close enough to this description to count; codes ranked by their texts only.",)
+    return ()
 
 
 def bridge_prompt(card: ModelCard) -> str:

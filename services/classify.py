@@ -209,6 +209,11 @@ def classify_and_record(
     actor = require_role(actor, *SUBMITTERS, action="classify products")
     shipment_ref = _clean_ref(shipment_ref, "shipment reference")
     line_ref = _clean_ref(line_ref, "line reference")
+    if getattr(classifier, "precedents", None) is not None:
+        # decisions reviewed since the last classification join the precedents vote first (a read, no write)
+        from services.precedents import sync_reviewed_precedents
+
+        sync_reviewed_precedents(session, classifier)
     result = classify(classifier, text=text, photos=photos, top_k=top_k)
     _check_storable(photos)
     prediction = result.prediction

@@ -1,16 +1,25 @@
-"""Similar past decisions: reviewed items nearest to a new product in the model's joint space."""
+"""Similar past decisions: reviewed items nearest to a new product in the model's joint space; and the reviewed
+decisions joining the classifier's precedent index (the vote), as they are made."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy.orm import Session
 
-from db.precedents import reviewed_with_embeddings
+from db.precedents import latest_decisions_after, reviewed_with_embeddings
 from services.auth import Actor, require_role
+
+if TYPE_CHECKING:  # torch and the towers only where a model is used
+    from hs_model.predict import Classifier
+
+log = logging.getLogger(__name__)
+REVIEWED = "reviewed"  # the provenance dataset of database decisions in the index
 
 
 @dataclass(frozen=True)
@@ -70,3 +79,54 @@ def find_precedents(
         )
         for i in order
     ]
+
+
+@dataclass(frozen=True)
+class IndexSync:
+    """What one `sync_reviewed_precedents` call did."""
+
+    added: int = 0
+    retired: int = 0
+    skipped_invalid_code: int = 0
+    skipped_empty_text: int = 0
+    cursor: int = 0
+    enabled: bool = True
+
+
+def sync_reviewed_precedents(session: Session, classifier: Classifier, batch: int = 5_000) -> IndexSync:
+    """Add the approved and corrected decisions made since the last call to the classifier's precedent index.
+
+    Incremental: only items whose latest decision is newer than the index's cursor are read; their description
+    goes through the text tower once and is appended (no rebuild). An item approved and later corrected, or
+    sent back, has its earlier row retired, so only its current code votes. Without a shipped index (zero-shot,
+    older checkpoints) nothing happens. Reads only; the caller owns the session.
+    """
+    from hs_model.precedents import valid_code_set
+
+    index = classifier.precedents
+    if index is None:
+        return IndexSync(enabled=False)
+    added = retired = invalid = empty = 0
+    with index.lock:
+        while rows := latest_decisions_after(session, index.cursor, batch):
+            retired += index.retire(REVIEWED, {str(r.line_item_id) for r in rows})
+            keep = [r for r in rows if r.kind in ("approved", "corrected")]
+            if keep:
+                texts = [" ".join(r.description.split()) for r in keep]
+                emb = classifier.text_tower.encode_text([t or " " for t in texts])
+                if index.config.space == "joint":  # the index holds the model's adapted text vectors
+                    emb = classifier.model.embed_text(emb.to(next(classifier.model.parameters()).device)).detach().cpu()
+                report = index.add(
+                    texts,
+                    emb,
+                    [r.code for r in keep],
+                    [(REVIEWED, str(r.line_item_id), r.decided_at.date().isoformat()) for r in keep],
+                    valid_code_set(),
+                )
+                added += report.added
+                invalid += report.skipped_invalid_code
+                empty += report.skipped_empty_text
+            index.cursor = rows[-1].decision_id
+    if added or retired:
+        log.info("precedent index: %d reviewed decisions added, %d retired (cursor %d)", added, retired, index.cursor)
+    return IndexSync(added, retired, invalid, empty, index.cursor)

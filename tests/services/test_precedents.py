@@ -58,3 +58,60 @@ def test_nearest_reviewed_items_first(factory, actors):
 def test_signed_out_caller_is_refused(factory):
     with factory() as s, pytest.raises(PermissionDenied):
         find_precedents(s, None, [1.0], "v1")
+
+
+class _ToyTower:
+    """Hashes words into 8 dimensions: enough to embed descriptions without the real text tower."""
+
+    name, dim = "toy", 8
+
+    def encode_text(self, texts):
+        import torch
+
+        out = torch.zeros(len(texts), 8)
+        for i, t in enumerate(texts):
+            for w in t.lower().split():
+                out[i, sum(map(ord, w)) % 8] += 1.0
+        return torch.nn.functional.normalize(out, dim=-1)
+
+
+class _ToyClassifier:
+    def __init__(self, index):
+        self.precedents, self.text_tower = index, _ToyTower()
+
+
+def test_reviewed_decisions_join_the_index_incrementally(factory, actors):
+    from hs_model.precedents import PrecedentIndex
+    from services.precedents import sync_reviewed_precedents
+
+    broker, reviewer = actors["broker"], actors["reviewer"]
+    clf = _ToyClassifier(PrecedentIndex("toy", 8))
+    with factory.begin() as s:
+        tee = classified(s, broker, "cotton tee", vec(1, 0, 0))
+        bolt = classified(s, broker, "steel bolt", vec(0, 0, 1))
+        pending = classified(s, broker, "wool scarf", vec(0, 1, 0))
+        for item in (tee, bolt, pending):
+            decisions.submit(s, broker, item, "610910", "")
+        decisions.approve(s, reviewer, tee, "")
+        decisions.correct(s, reviewer, bolt, "731815", "a bolt, not a shirt")
+    with factory() as s:
+        first = sync_reviewed_precedents(s, clf)
+    assert (first.added, first.retired) == (2, 0)
+    assert sorted(clf.precedents.codes) == ["610910", "731815"]
+    assert {p[0] for p in clf.precedents.provenance} == {"reviewed"}
+    with factory() as s:
+        again = sync_reviewed_precedents(s, clf)
+    assert again.added == 0 and len(clf.precedents) == 2  # nothing new: nothing re-embedded
+    with factory.begin() as s:
+        decisions.approve(s, reviewer, pending, "")  # reviewed later: joins at the next sync, alone
+    with factory() as s:
+        third = sync_reviewed_precedents(s, clf)
+    assert (third.added, third.retired) == (1, 0) and len(clf.precedents) == 3
+    assert clf.precedents.texts[-1] == "wool scarf" and clf.precedents.cursor == third.cursor > first.cursor
+
+
+def test_sync_without_an_index_does_nothing(factory, actors):
+    from services.precedents import sync_reviewed_precedents
+
+    with factory() as s:
+        assert sync_reviewed_precedents(s, _ToyClassifier(None)).enabled is False
