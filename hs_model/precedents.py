@@ -685,7 +685,7 @@ def summary(code: str, precedents: Sequence[Precedent]) -> str | None:
 
 def valid_code_set() -> frozenset[str]:
     """HS 2022 subheadings and headings (what a precedent's code may be)."""
-    from hs_model.nomenclature import get_nomenclature
+    from hs_core.nomenclature import get_nomenclature
 
     nom = get_nomenclature()
     subs = [c.digits for c in nom.subheadings]

@@ -63,7 +63,7 @@ def synthetic_index(n: int, subheadings: list[str], seed: int = 0, chunk: int = 
 
 
 def bench(n: int, queries: int = 50) -> dict:
-    from hs_model.nomenclature import get_nomenclature
+    from hs_core.nomenclature import get_nomenclature
 
     subs = sorted(c.digits for c in get_nomenclature().subheadings)
     space = LabelSpace.from_codes(subs)

@@ -21,16 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hs_model.datasets import (
-    convert_atlas,
-    convert_hscodecomp,
-    load_myntra,
-    load_uk_brands,
-    load_uk_parcels,
-    load_uk_weak,
-    split_of,
-)
-from hs_model.features import cached_image_features, cached_text_embeddings
 
 from hs_model.precedents import (
     LexicalIndex,
@@ -43,6 +33,16 @@ from hs_model.precedents import (
     voted_rows,
 )
 from hs_model.predict import Classifier
+from hs_train.datasets import (
+    convert_atlas,
+    convert_hscodecomp,
+    load_myntra,
+    load_uk_brands,
+    load_uk_parcels,
+    load_uk_weak,
+    split_of,
+)
+from hs_train.features import cached_image_features, cached_text_embeddings
 
 log = logging.getLogger(__name__)
 LEVELS = (2, 4, 6)
@@ -251,7 +251,7 @@ def _vote_matrices(votes, shape, m) -> torch.Tensor:
 
 def review(log_p6: torch.Tensor, golds: list[str], clf: Classifier) -> dict:
     """The review route at the model's threshold (heading confidence): share answered, accuracy when answered, ECE."""
-    from hs_model.evaluate import expected_calibration_error
+    from hs_train.evaluate import expected_calibration_error
 
     p4 = level_probs(log_p6, clf)[4].exp()
     conf, top = p4.max(1)

@@ -8,7 +8,7 @@ import torch
 from rank_bm25 import BM25Okapi
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from hs_model.config import DEFAULT_MODEL_DIR
+from hs_core.settings import DEFAULT_MODEL_DIR
 from hs_model.model import LabelSpace
 from hs_model.precedents import (
     INDEX_FILE,

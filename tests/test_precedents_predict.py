@@ -7,7 +7,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from hs_model.config import DEFAULT_MODEL_DIR
+from hs_core.settings import DEFAULT_MODEL_DIR
 from hs_model.precedents import PrecedentIndex, VoteConfig, valid_code_set
 from hs_model.predict import Classifier
 
