@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 from hs_core.settings import get_settings
 
 if TYPE_CHECKING:
-    from hs_model.batch import PhotoSource
+    from hs_model.batch import BatchFile, PhotoSource
     from hs_model.predict import Classifier
+    from hs_model.questions import Guidance
 
 MODEL_HELP = "model folder (default: HS_MODEL_DIR or assets/model); 'zero-shot' for the untrained model"
 
@@ -96,7 +97,7 @@ def _answers(items: list[str]) -> dict[str, str]:
     return answers
 
 
-def _print_guidance(guidance) -> None:
+def _print_guidance(guidance: Guidance | None) -> None:
     if guidance is None:
         return
     for ev in guidance.evidence:
@@ -208,7 +209,7 @@ def cmd_predict_ray(args: argparse.Namespace) -> int:
     if args.actors is not None and args.actors < 1:
         raise UserError("--actors must be at least 1.")
 
-    def report(batch) -> None:
+    def report(batch: BatchFile) -> None:
         for notice in batch.notices:
             print(f"note: {notice}", file=sys.stderr)
         bad = batch.invalid_rows

@@ -16,13 +16,13 @@ import logging
 import re
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import numpy as np
-import scipy.sparse as sp
+import scipy.sparse as sp  # type: ignore[import-untyped]  # scipy ships no type information (no py.typed)
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -85,6 +85,8 @@ _STOP = frozenset(
 )
 
 LexicalScheme = Literal["bm25", "tfidf"]
+# per level (6, 4, 2): (query rows, code indices in the label space, weights) of the neighbours that vote
+Votes = dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def tokens(text: str) -> list[str]:
@@ -103,7 +105,9 @@ def _hash(token: str) -> int:
 
 def hashed_counts(texts: Sequence[str]) -> sp.csr_matrix:
     """[N, N_FEATURES] term counts of each text's tokens (float32, CSR)."""
-    rows, cols, vals = [], [], []
+    rows: list[int] = []
+    cols: list[int] = []
+    vals: list[int] = []
     for i, text in enumerate(texts):
         counts: dict[int, int] = {}
         for tok in tokens(text or ""):
@@ -223,6 +227,7 @@ class LexicalIndex:
             else:
                 qw = (1 + np.log(qtf)) * idf
                 qw = qw / (np.linalg.norm(qw) or 1.0)
+                assert norms is not None  # computed above for tf-idf
                 contrib = qw[t] * (1 + np.log(tf)) * idf[t] / np.maximum(norms[d], 1e-12)
                 bound = 1.0
             docs, inverse = np.unique(d, return_inverse=True)  # only the documents sharing a word
@@ -281,7 +286,7 @@ class VoteConfig:
     temperature: float = 1.0
 
     @classmethod
-    def from_dict(cls, raw: dict) -> VoteConfig:
+    def from_dict(cls, raw: Mapping[str, Any]) -> VoteConfig:
         return cls(**{k: raw[k] for k in cls.__dataclass_fields__ if k in raw})
 
 
@@ -297,7 +302,7 @@ class Precedent:
     similarity: float  # hybrid similarity to the query (0..1)
     weight: float = 0.0  # its vote (0 when below the floor)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, str | float]:
         d = asdict(self)
         d["similarity"], d["weight"] = round(self.similarity, 4), round(self.weight, 4)
         return d
@@ -376,7 +381,14 @@ class PrecedentIndex:
         with self.lock:
             return self._add(texts, emb, codes, provenance, valid_codes)
 
-    def _add(self, texts, emb, codes, provenance, valid_codes) -> AddReport:
+    def _add(
+        self,
+        texts: Sequence[str],
+        emb: torch.Tensor,
+        codes: Sequence[str],
+        provenance: Sequence[tuple[str, str, str]],
+        valid_codes: frozenset[str] | set[str],
+    ) -> AddReport:
         keep, invalid, empty = [], [], 0
         for i, (t, c) in enumerate(zip(texts, codes, strict=True)):
             c = str(c).replace(".", "").strip()
@@ -398,7 +410,7 @@ class PrecedentIndex:
             self._append(vecs)
             self.codes.extend(c for _, c in keep)
             self.texts.extend(texts[i] for i, _ in keep)
-            self.provenance.extend(tuple(str(x) for x in provenance[i]) for i, _ in keep)
+            self.provenance.extend(cast(tuple[str, str, str], tuple(str(x) for x in provenance[i])) for i, _ in keep)
             self.lexical.add([texts[i] for i, _ in keep])
         return AddReport(len(keep), len(invalid), empty, tuple(sorted(set(invalid))))
 
@@ -426,7 +438,13 @@ class PrecedentIndex:
         with self.lock:
             return self._neighbours(query_emb, query_texts, cfg, lexical_hits)
 
-    def _neighbours(self, query_emb, query_texts, cfg, lexical_hits) -> Neighbours:
+    def _neighbours(
+        self,
+        query_emb: torch.Tensor,
+        query_texts: Sequence[str],
+        cfg: VoteConfig | None,
+        lexical_hits: tuple[np.ndarray, np.ndarray] | None,
+    ) -> Neighbours:
         cfg = cfg or self.config
         q = len(query_texts)
         c = cfg.candidates
@@ -444,6 +462,8 @@ class PrecedentIndex:
             if self.retired:
                 sims[:, sorted(r for r in self.retired if r < n)] = -2.0
             cos_idx, exact = sims.topk(kc, dim=1).indices, True
+        lex_idx: np.ndarray | None
+        lex_val: np.ndarray | None
         if lexical_hits is not None:
             lex_idx, lex_val = lexical_hits
         else:
@@ -456,7 +476,7 @@ class PrecedentIndex:
                 continue
             cand = dict.fromkeys(cos_idx[r].tolist())
             lexmap = {}
-            if lex_idx is not None:
+            if lex_idx is not None and lex_val is not None:  # both set, or both None
                 for j, v in zip(lex_idx[r].tolist(), lex_val[r].tolist(), strict=True):
                     if 0 <= j < n:
                         lexmap[j] = v
@@ -475,6 +495,7 @@ class PrecedentIndex:
         """Inverted-file search: the rows of the `nprobe` lists whose centroids are nearest, ranked exactly."""
         if self._ivf is None or self._ivf_rows < n:
             self._build_ivf(n)
+        assert self._ivf is not None  # _build_ivf sets it
         cents, lists = self._ivf
         probe = (qe @ cents.T).topk(min(nprobe, len(cents)), dim=1).indices  # [Q, nprobe]
         out = torch.full((len(qe), k), 0, dtype=torch.long)
@@ -525,7 +546,9 @@ class PrecedentIndex:
             out[:, s : s + chunk] = (qe.to(torch.float16) @ m[s : s + chunk].T).float()  # no float32 copy
         return out
 
-    def vote(self, nb: Neighbours, space_codes: dict[int, dict[str, int]], cfg: VoteConfig | None = None):
+    def vote(
+        self, nb: Neighbours, space_codes: dict[int, dict[str, int]], cfg: VoteConfig | None = None
+    ) -> tuple[Votes, np.ndarray, np.ndarray, np.ndarray]:
         """Similarity-weighted votes at each level: {level: (rows, code index, weight)} plus the chosen neighbours.
 
         space_codes: per level, code -> index in the label space's order.
@@ -537,7 +560,7 @@ class PrecedentIndex:
         chosen = np.take_along_axis(nb.idx, order, 1)
         hs = np.take_along_axis(h, order, 1)
         w = np.where(chosen >= 0, np.maximum(hs - cfg.min_similarity, 0.0), 0.0)
-        votes = {}
+        votes: Votes = {}
         rows_r, cols_r = np.nonzero(w > 0)
         for level in (6, 4, 2):
             rr, cc, ww = [], [], []
@@ -631,7 +654,7 @@ def _sha256(path: Path) -> str:
 
 def fuse_log_probs(
     log_p6: torch.Tensor,
-    votes: dict,
+    votes: Votes,
     cfg: VoteConfig,
     sub_to_head: torch.Tensor,
     sub_to_chap: torch.Tensor,
@@ -659,7 +682,7 @@ def fuse_log_probs(
     return fused
 
 
-def voted_rows(votes: dict, n: int) -> torch.Tensor:
+def voted_rows(votes: Votes, n: int) -> torch.Tensor:
     """[n] bool: rows with at least one neighbour above the floor (at any level: chapters get every vote)."""
     voted = torch.zeros(n, dtype=torch.bool)
     for rows, _, w in votes.values():

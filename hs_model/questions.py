@@ -17,9 +17,12 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from hs_core.nomenclature import HsCode, get_nomenclature
+
+if TYPE_CHECKING:
+    from hs_model.predict import Candidate, Prediction
 
 NONE = "none"  # "none of these"
 UNKNOWN = "unknown"  # "don't know": leaves the candidates as they are
@@ -269,7 +272,7 @@ class Evidence:
     def label(self) -> str:
         return " or ".join(CRITERION[self.criterion].option(o).label for o in self.option.split("|"))
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, str]:
         return {
             "criterion": self.criterion,
             "option": self.option,
@@ -424,8 +427,10 @@ def read_evidence(text: str | None, attributes: Mapping[str, object] | None = No
 
 
 class CandidateLike(Protocol):
-    code: str
-    score: float
+    @property
+    def code(self) -> str: ...
+    @property
+    def score(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -446,8 +451,8 @@ class Question:
     def follow_up(self, answer: str | None) -> Question | None:
         return dict(self.follow_ups).get(answer or "")
 
-    def to_dict(self) -> dict:
-        out = {
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {
             "key": self.key,
             "question": self.text,
             "options": [{"key": k, "label": label} for k, label in self.options],
@@ -600,22 +605,29 @@ def make_questions(
 # ------------------------------------------------------------------------------------------------- reweighting
 
 
+# criterion -> (option, weight of a code saying another option, weight of a silent code, the options offered)
+EffectiveAnswer = tuple[str, float, float, frozenset[str] | None]
+
+
 @dataclass(frozen=True)
 class Guidance:
     """Everything needed to re-rank an item without the model: the model's own candidate pool at each level,
     the evidence read, the questions and the answers given so far."""
 
-    pool: Mapping[int, tuple] = field(default_factory=dict)  # the model's candidates per level (up to POOL)
+    # the model's candidates per level (up to POOL)
+    pool: Mapping[int, tuple[Candidate, ...]] = field(default_factory=dict)
     evidence: tuple[Evidence, ...] = ()
     questions: tuple[Question, ...] = ()
     answers: Mapping[str, str] = field(default_factory=dict)  # criterion -> option, from the broker
     top_k: int = 5
 
-    def effective_answers(self) -> dict[str, tuple[str, float, float, frozenset[str] | None]]:
+    def effective_answers(self) -> dict[str, EffectiveAnswer]:
         """criterion -> (option, weight of a code saying another option, weight of a silent code, the options
         offered): the broker's answers over the evidence. The model has read the evidence's words already: a code
         silent on them keeps its weight; the broker's answer is news, and favours the codes that say it."""
-        out = {ev.criterion: (ev.option, EVIDENCE_MISMATCH, 1.0, None) for ev in self.evidence}
+        out: dict[str, EffectiveAnswer] = {
+            ev.criterion: (ev.option, EVIDENCE_MISMATCH, 1.0, None) for ev in self.evidence
+        }
         offered = {q.key: frozenset(q.offered) for q in self.questions}
         for q in self.questions:  # a follow-up asked after the broker's heading answer
             follow = q.follow_up(self.answers.get(q.key))
@@ -624,7 +636,7 @@ class Guidance:
         out.update({c: (o, MISMATCH, NEUTRAL, offered.get(c)) for c, o in self.answers.items()})
         return out
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, object]:
         return {
             "questions": [q.to_dict() for q in self.questions],
             "evidence": [ev.to_dict() for ev in self.evidence],
@@ -632,7 +644,7 @@ class Guidance:
         }
 
 
-def _code_weight(code: str, answers: Mapping[str, tuple]) -> float:
+def _code_weight(code: str, answers: Mapping[str, EffectiveAnswer]) -> float:
     w = 1.0
     for criterion, (option, mismatch, neutral, offered) in answers.items():
         w *= likelihood(CRITERION[criterion], code, option, mismatch, neutral, offered)
@@ -673,8 +685,8 @@ def temper_splits(
 
 
 def reweighted_scores(
-    pool: Mapping[int, Sequence],
-    answers: Mapping[str, tuple],
+    pool: Mapping[int, Sequence[CandidateLike]],
+    answers: Mapping[str, EffectiveAnswer],
     temperature: float | None = SPLIT_TEMPERATURE,
 ) -> dict[int, dict[str, float]]:
     """The pool's probabilities at 6/4/2 digits re-weighted under the answers, levels kept consistent.
@@ -721,15 +733,15 @@ def reweighted_scores(
 
 
 def reweight_levels(
-    pool: Mapping[int, Sequence],
-    answers: Mapping[str, tuple],
+    pool: Mapping[int, Sequence[Candidate]],
+    answers: Mapping[str, EffectiveAnswer],
     temperature: float | None = SPLIT_TEMPERATURE,
     keep: int | None = None,
-) -> dict[int, list]:
+) -> dict[int, list[Candidate]]:
     """`reweighted_scores` as candidate lists per level, best first (the pool's objects with their new `score`,
     via `dataclasses.replace`), cut to `keep` when given."""
     scores = reweighted_scores(pool, answers, temperature)
-    out: dict[int, list] = {}
+    out: dict[int, list[Candidate]] = {}
     for level, new in scores.items():
         by_code = {c.code: c for c in pool[level]}
         ranked = sorted((code for code in new if code in by_code), key=lambda c: -new[c])[:keep]
@@ -738,14 +750,14 @@ def reweight_levels(
 
 
 def guide(
-    prediction,
+    prediction: Prediction,
     text: str | None,
     top_k: int,
     attributes: Mapping[str, object] | None = None,
     answers: Mapping[str, str] | None = None,
     temperature: float | None = SPLIT_TEMPERATURE,
     heading_question: bool = True,
-):
+) -> Prediction:
     """Post-process a Prediction whose levels hold the model's pool: evidence, calibrated splits, questions, answers.
 
     Args:
@@ -771,13 +783,18 @@ def guide(
     return apply_answers(dataclasses.replace(prediction, guidance=guidance), answers or {}, temperature)
 
 
-def apply_answers(prediction, answers: Mapping[str, str], temperature: float | None = SPLIT_TEMPERATURE):
+def apply_answers(
+    prediction: Prediction, answers: Mapping[str, str], temperature: float | None = SPLIT_TEMPERATURE
+) -> Prediction:
     """The prediction re-ranked under the broker's answers (replacing earlier ones); the questions stay as asked.
 
     Raises:
-        ValueError: an unknown criterion or option (the message lists the valid ones).
+        ValueError: an unknown criterion or option (the message lists the valid ones), or a prediction without
+            guidance (one `guide` has not seen).
     """
-    guidance: Guidance = prediction.guidance
+    guidance = prediction.guidance
+    if guidance is None:
+        raise ValueError("the prediction has no guidance: run `guide` on it first")
     for criterion, option in answers.items():
         check_answer(criterion, option)
     guidance = dataclasses.replace(guidance, answers=dict(answers))

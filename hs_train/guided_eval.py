@@ -30,6 +30,7 @@ from hs_model.questions import (
     POOL,
     SPLIT_TEMPERATURE,
     UNKNOWN,
+    Question,
     apply_answers,
     broker_choice,
     guide,
@@ -42,7 +43,7 @@ log = logging.getLogger("hs_train.guided_eval")
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    text: str
+    text: str | None
     gold: str  # HS6 (may be outside HS 2022: counted wrong)
     attributes: dict
 
@@ -87,10 +88,11 @@ def simulate(raw: Prediction, row: Row, temperature: float | None, heading_quest
     """One item: its questions (asked before any answer), then the broker's answers one at a time."""
     valid = row.gold in get_nomenclature().subheading_index
     base = guide(raw, row.text, 5, row.attributes, temperature=temperature, heading_question=heading_question)
+    assert base.guidance is not None  # guide() always fills it in
     queue = [q for q in base.guidance.questions if q.evidence is None]
     stages = [base]
     answers: dict[str, str] = {}
-    asked = []
+    asked: list[Question] = []
     while queue and len(asked) < 2:
         q = queue.pop(0)
         if q.key in answers:

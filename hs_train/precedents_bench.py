@@ -15,9 +15,10 @@ import platform
 import statistics
 import sys
 import time
+from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
+import scipy.sparse as sp  # type: ignore[import-untyped]  # scipy ships no type information (no py.typed)
 import torch
 
 from hs_model.model import LabelSpace
@@ -110,7 +111,7 @@ def predict_p50(queries: int = 40) -> dict:
 
     clf = Classifier()
     texts = ["bicycle helmets", "men's knitted cotton T-shirt", "stainless steel kitchen knife", "laptop 14 inch"]
-    out = {"index_rows": len(clf.precedents) if clf.precedents is not None else 0}
+    out: dict[str, int | dict[str, float]] = {"index_rows": len(clf.precedents) if clf.precedents is not None else 0}
     index = clf.precedents
     for name, idx in (("codes_only", None), ("with_precedents", index)):
         clf.precedents = idx
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--predict", action="store_true", help="also time real predictions with the shipped index")
     args = ap.parse_args(argv)
-    out = {
+    out: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
         "load_average": os.getloadavg(),
         "results": [],

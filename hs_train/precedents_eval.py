@@ -176,7 +176,9 @@ def accuracy(scores: dict[int, torch.Tensor], golds: list[str], clf: Classifier,
     return out
 
 
-def vote_only_scores(index: PrecedentIndex, nb: Neighbours, cfg: VoteConfig, tables, n: int, clf):
+def vote_only_scores(
+    index: PrecedentIndex, nb: Neighbours, cfg: VoteConfig, tables: dict[int, dict[str, int]], n: int, clf: Classifier
+) -> tuple[dict[int, torch.Tensor], torch.Tensor]:
     """Precedents alone: a plain similarity-weighted kNN vote at each level (weights = similarity, no floor).
 
     Returns (scores per level, answered mask); a row without any neighbour has no answer and counts wrong."""
@@ -382,6 +384,7 @@ def main(argv: list[str] | None = None) -> None:
         if best is None or row["tune_mean_hs4"] > best[0]["tune_mean_hs4"]:
             best = (row, fitted, space)
         log.info("%s %s lam=%.2f floor=%.2f k=%d -> %s", scheme, space, lam, floor, k, [round(a, 3) for a in accs])
+    assert best is not None  # every grid option takes one value at least (nargs="+")
     row, cfg, space = best
     results["chosen"] = row
     log.info("chosen: %s", row)

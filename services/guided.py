@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
@@ -17,12 +18,15 @@ from services.classify import RecordedClassification
 from services.decisions import REVIEWERS, SUBMITTERS
 from services.errors import InvalidInput, NotFound, PermissionDenied
 
+if TYPE_CHECKING:
+    from hs_model.predict import Prediction
+
 log = logging.getLogger(__name__)
 
 ANSWER_LABELS = {NONE: "None of these", UNKNOWN: "Don't know"}
 
 
-def find_question(prediction, key: str) -> Question | None:
+def find_question(prediction: Prediction, key: str) -> Question | None:
     """The question `key` of a prediction: one asked at first, or the follow-up of an answered heading."""
     guidance = prediction.guidance
     if guidance is None:
@@ -37,7 +41,7 @@ def find_question(prediction, key: str) -> Question | None:
     return None
 
 
-def open_questions(prediction) -> list[Question]:
+def open_questions(prediction: Prediction) -> list[Question]:
     """Questions to show, in order: each asked one, then the follow-up of an answered heading question."""
     guidance = prediction.guidance
     if guidance is None:
@@ -79,7 +83,7 @@ def answer_question(
         raise PermissionDenied("Only the broker who classified this item can answer its questions.")
     prediction = recorded.prediction
     question = find_question(prediction, key)
-    if question is None:
+    if question is None or prediction.guidance is None:  # no guidance: no question either
         raise InvalidInput(f"This item has no question {key!r}.")
     labels = dict(question.options)
     if option not in labels:
