@@ -6,6 +6,13 @@ import os
 import tempfile
 from pathlib import Path
 
+TEMP_SUFFIX = ".tmp"
+
+
+def is_temporary(path: Path) -> bool:
+    """Whether `path` is the temporary file of an atomic write (left behind only by a crash mid-write)."""
+    return path.name.startswith(".") and path.name.endswith(TEMP_SUFFIX)
+
 
 def fsync_file(path: Path) -> None:
     """Flush a file written by another library (e.g. safetensors) to the disk before it is renamed into place."""
@@ -19,7 +26,7 @@ def fsync_file(path: Path) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path`: a temporary file in the same folder, flushed to disk, then ``os.replace``."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

@@ -169,6 +169,7 @@ def check_database(db_url: str, photo_dir: Path) -> dict[str, Any]:
     from db.engine import make_engine, make_session_factory
     from db.models import AuditEvent, Decision, LineItem, Photo, Prediction
     from db.photos import PhotoPathError, resolve_photo
+    from hs_core.files import is_temporary
 
     problems: list[str] = []
     engine = make_engine(db_url)
@@ -229,7 +230,7 @@ def check_database(db_url: str, photo_dir: Path) -> dict[str, Any]:
     finally:
         engine.dispose()
     stored = [p for p in photo_dir.rglob("*") if p.is_file()] if photo_dir.is_dir() else []
-    temp_files = [p for p in stored if p.name.startswith(".tmp-")]
+    temp_files = [p for p in stored if is_temporary(p)]
     for p in stored:
         if p not in temp_files and hashlib.sha256(p.read_bytes()).hexdigest() != p.stem:
             problems.append(f"photo file {p.name} does not hold the bytes its name promises")
