@@ -12,6 +12,7 @@ from screens import common
 from screens.common import ago, md
 from services.classify import describe_code, format_code, is_subheading, search_subheadings
 from services.decisions import (
+    AGREEMENT_MIN_SCORE,
     MAX_COMMENT_LENGTH,
     approve,
     approve_agreements,
@@ -165,7 +166,7 @@ def queue_filter(everything) -> QueueFilter:
 
 
 def queue_label(q) -> str:
-    agree = " · agrees with the model" if is_agreement(q.code, q.model_top_code, q.needs_review) else ""
+    agree = " · agrees with the model" if is_agreement(q.code, q.model_subheadings, q.needs_review) else ""
     text = q.description[:60] + ("…" if len(q.description) > 60 else "") if q.description else "(photos only)"
     return f"#{q.line_item_id} · {format_code(q.code or '')}{agree} · {text} · by {q.decided_by} · {ago(q.decided_at)}"
 
@@ -347,8 +348,8 @@ def one_by_one(queue) -> None:
 
 def bulk(agreements) -> None:
     st.caption(
-        "Items where the broker submitted the model's best subheading and the model is confident (not flagged for "
-        "review). Tick the ones to approve; each approval is recorded as its own decision."
+        "Items where the broker submitted the model's best subheading and the model is confident in that subheading: "
+        f"at least {AGREEMENT_MIN_SCORE:.0%}, no near tie with the runner-up, not flagged for review. Tick the ones to approve; each approval is recorded as its own decision."
     )
     show_error(None)
     if not agreements:
@@ -396,7 +397,7 @@ if not queue:
     st.info(f"None of the {len(everything)} waiting items match these filters.", icon=":material/filter_list_off:")
     st.stop()
 agreements = [
-    q for q in queue if is_agreement(q.code, q.model_top_code, q.needs_review) and q.decided_by != actor.username
+    q for q in queue if is_agreement(q.code, q.model_subheadings, q.needs_review) and q.decided_by != actor.username
 ]
 one_tab, bulk_tab = st.tabs([f"One by one ({len(queue)})", f"Bulk approve ({len(agreements)})"])
 with one_tab:

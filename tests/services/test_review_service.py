@@ -283,3 +283,64 @@ def test_classifying_records_an_audit_event(factory, actors):
         "prediction_id": recorded.prediction_id,
         "model_version": "fake-v1",
     }
+
+
+def scored_item(session, actor, sixes, *, needs_review=False) -> int:
+    """A line item whose prediction ranks the given subheadings ``[(code, probability), ...]``."""
+    item = queries.create_line_item(session, description="bag", created_by=actor.user_id)
+    queries.record_prediction(
+        session,
+        line_item_id=item.id,
+        model_version="zs-test",
+        nomenclature_edition="HS2022",
+        latency_ms=5.0,
+        needs_review=needs_review,
+        candidates=[
+            {"level": 6, "rank": rank, "code": code, "description": "", "score": score}
+            for rank, (code, score) in enumerate(sixes, 1)
+        ]
+        + [{"level": 4, "rank": 1, "code": sixes[0][0][:4], "description": "", "score": 0.9}],
+    )
+    return item.id
+
+
+def test_bulk_approval_is_confident_only_at_six_digits_above_the_threshold_without_a_near_tie(factory, actors):
+    """Issue 12 point 3: a confident heading is not enough; 50 %, 41 % or a near tie at 6 digits is refused."""
+    cases = {
+        "confident": [("420292", 0.85), ("420222", 0.10)],
+        "half": [("420292", 0.50), ("640399", 0.20)],  # below the threshold, other heading
+        "near_tie": [("420292", 0.62), ("420222", 0.33)],  # same heading, runner-up over half of the best
+        "other_heading_close": [("420292", 0.62), ("640399", 0.35)],  # not a tie inside one heading
+    }
+    with factory.begin() as s:
+        ids = {name: scored_item(s, actors["broker"], sixes) for name, sixes in cases.items()}
+        for item_id in ids.values():
+            decisions.submit(s, actors["broker"], item_id, "420292")
+    with factory() as s:
+        queue = {q.line_item_id: q for q in decisions.review_queue(s, actors["reviewer"])}
+    agreeing = {
+        name for name, i in ids.items() if decisions.is_agreement(queue[i].code, queue[i].model_subheadings, False)
+    }
+    assert agreeing == {"confident", "other_heading_close"}
+    with factory.begin() as s:
+        result = decisions.approve_agreements(s, actors["reviewer"], list(ids.values()))
+    assert sorted(d.line_item_id for d in result.approved) == sorted([ids["confident"], ids["other_heading_close"]])
+    refused = dict(result.refused)
+    assert set(refused) == {ids["half"], ids["near_tie"]}
+    assert "no near tie" in refused[ids["near_tie"]]
+
+
+@pytest.mark.parametrize(
+    ("sixes", "needs_review", "expected"),
+    [
+        ([("610910", 0.60), ("610990", 0.29)], False, True),
+        ([("610910", 0.59), ("620520", 0.01)], False, False),
+        ([("610910", 0.70), ("610990", 0.35)], False, False),  # near tie inside heading 6109
+        ([("610910", 0.95)], True, False),  # flagged for review
+        ([("610910", 0.95)], None, False),  # no prediction flag
+        ([], False, False),
+    ],
+)
+def test_is_agreement(sixes, needs_review, expected):
+    assert decisions.is_agreement("610910", sixes, needs_review) is expected
+    assert decisions.is_agreement("610990", sixes, needs_review) is False
