@@ -24,7 +24,15 @@ from services.errors import ServiceError
 CSV_MAX_MB, ZIP_MAX_MB = 20, 512
 XLSX_MIME = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 STATE_KEYS = ("batch_result", "batch_stopped", "batch_stop", "batch_run_error")
-CLASSIFY_KEYS = ("classify_decision", "classify_choice", "classify_search", "classify_pick", "classify_justification")
+CLASSIFY_KEYS = (
+    "classify_decision",
+    "classify_choice",
+    "classify_search",
+    "classify_pick",
+    "classify_justification",
+    "classify_explanation",
+    "classify_stored",
+)
 
 st.session_state.setdefault("batch_upload_round", 0)
 

@@ -20,6 +20,8 @@ from services.classify import (
     submit_decision,
     thumbnail,
 )
+from services.code_path import consistent_path
+from services.decisions import near_tie
 from services.errors import ServiceError
 from services.explanations import METHOD_LABELS, explain_candidate
 from services.precedents import find_precedents
@@ -37,6 +39,7 @@ RESULT_KEYS = (
     "classify_pick",
     "classify_justification",
     "classify_explanation",
+    "classify_stored",
 )
 
 st.session_state.setdefault("classify_upload_round", 0)  # bumped to empty the uploader
@@ -53,9 +56,15 @@ def clear_results() -> None:
 
 
 def start_over() -> None:
+    """A new product: every input emptied, in the browser too.
+
+    The inputs are assigned "" rather than deleted: a deleted key resets only the server's value, so the text box
+    kept showing the previous product while the server classified an empty text (and the next photo was stored
+    with whatever the browser sent back).
+    """
     clear_results()
     for key in ("classify_text", "classify_shipment", "classify_line"):
-        st.session_state.pop(key, None)
+        st.session_state[key] = ""
     st.session_state["classify_upload_round"] += 1
 
 
@@ -138,6 +147,28 @@ def run_classification(text: str, files: list, shipment: str, line: str) -> None
         st.error(md(str(exc)), icon=":material/error:")
         return
     st.session_state["classify_result"] = recorded
+    st.session_state["classify_stored"] = {
+        "text": text.strip(),
+        "photos": [f.name for f in files],
+        "shipment": shipment.strip(),
+        "line": line.strip(),
+    }
+
+
+def show_stored(recorded) -> None:
+    """Exactly what was stored as this line item, so the broker sees what the record holds."""
+    stored = st.session_state.get("classify_stored")
+    if not stored:
+        return
+    text = " ".join(stored.get("text", "").split())
+    parts = [f"description “{md(text[:160])}{'…' if len(text) > 160 else ''}”" if text else "no description"]
+    photos = stored.get("photos") or []
+    parts.append(
+        f"{len(photos)} photo{'s' if len(photos) != 1 else ''}" + (f" ({md(', '.join(photos))})" if photos else "")
+    )
+    parts.append(f"shipment {md(stored['shipment'])}" if stored.get("shipment") else "no shipment reference")
+    parts.append(f"line {md(stored['line'])}" if stored.get("line") else "no line reference")
+    st.caption(f"Stored as line item #{recorded.line_item_id}: " + " · ".join(parts))
 
 
 def level_chart(candidates) -> alt.Chart:
@@ -190,23 +221,10 @@ def show_path(code: str, nodes) -> None:
     )
 
 
-CLOSE_CALL_TOP = 0.8  # below this, a runner-up in the same heading with at least half its probability is named
-CLOSE_CALL_RATIO = 0.5
-
-
 def close_call(subheadings):
-    """The runner-up subheading when the best one barely beats it inside the same heading, else None.
-
-    The model decides headings well and subheadings inside a heading much less well (they often differ only by
-    material, which descriptions and photos rarely show), so a near tie there is worth saying out loud.
-    """
-    if len(subheadings) < 2:
-        return None
-    top, second = subheadings[0], subheadings[1]
-    same_heading = top.code[:4] == second.code[:4]
-    if same_heading and top.score < CLOSE_CALL_TOP and second.score >= CLOSE_CALL_RATIO * top.score:
-        return second
-    return None
+    """The runner-up subheading when the best one barely beats it inside the same heading (`near_tie`), else None."""
+    pairs = [(c.code, c.score) for c in subheadings[:2]]
+    return subheadings[1] if near_tie(pairs) else None
 
 
 def show_prediction(recorded) -> None:
@@ -217,6 +235,7 @@ def show_prediction(recorded) -> None:
         f"Model {prediction.model_version} · {prediction.nomenclature_edition} · read "
         f"{MODALITY.get(prediction.modality, prediction.modality)} · {prediction.latency_ms:,.0f} ms"
     )
+    show_stored(recorded)
     if prediction.needs_review:
         heading = prediction.levels[4][0]
         st.warning(
@@ -238,11 +257,14 @@ def show_prediction(recorded) -> None:
     for note in prediction.notes:
         st.info(note, icon=":material/info:")
 
+    path = consistent_path(prediction.levels)
+    if path.disagreement:
+        st.warning(md(path.disagreement), icon=":material/alt_route:")
+    shown = {6: path.subheading, 4: path.heading, 2: path.chapter}
     for column, level in zip(st.columns(3), (6, 4, 2), strict=True):
-        best = prediction.levels[level][0]
-        column.metric(
-            LEVEL_NAMES[level], format_code(best.code), percent(best.score), delta_color="off", delta_arrow="off"
-        )
+        best = shown[level] or prediction.levels[level][0]
+        label = LEVEL_NAMES[level] if shown[level] is not None else f"{LEVEL_NAMES[level]} (best, off the path)"
+        column.metric(label, format_code(best.code), percent(best.score), delta_color="off", delta_arrow="off")
         column.caption(md(best.description))
 
     for tab, level in zip(st.tabs([LEVEL_TITLES[lv] for lv in (6, 4, 2)]), (6, 4, 2), strict=True):
@@ -253,7 +275,8 @@ def show_prediction(recorded) -> None:
             with chart:
                 st.altair_chart(level_chart(prediction.levels[level]), width="stretch")
 
-    show_path(top.code, official_path(top.code))
+    path_code = path.subheading.code if path.subheading is not None else top.code
+    show_path(path_code, official_path(path_code))
 
 
 def show_attribution(view, heading: str) -> None:
