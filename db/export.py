@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping
 from datetime import datetime
@@ -22,6 +23,20 @@ FORMATS: tuple[str, ...] = ("csv", "jsonl", "parquet")
 CONTENT_TYPES = {"csv": "text/csv", "jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet"}
 # OWASP CSV injection: a spreadsheet evaluates cells that start with these.
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+CODE_COLUMNS = frozenset({"code", "model_top_code"})
+_DIGITS = re.compile(r"\d{2}(?:\d{2}(?:\d{2})?)?")
+
+
+def excel_text_code(code: str) -> str:
+    """A code as a CSV cell that Excel and LibreOffice open as text, in the dotted form: ``="0101.21"``.
+
+    A bare ``010121``, or even ``0101.21``, is read as a number by a spreadsheet (the leading zero lost); the
+    ``="..."`` form is their documented way to keep a cell text. Only digit codes get it; anything else is
+    neutralised like every other cell.
+    """
+    if not _DIGITS.fullmatch(code):
+        return neutralise_cell(code)
+    return f'="{code[:4]}.{code[4:]}"' if len(code) == 6 else f'="{code}"'
 
 
 def neutralise_cell(value: str) -> str:
@@ -77,7 +92,8 @@ def render_rows(rows: Iterable[Mapping[str, Any]], fmt: str) -> bytes:
     """Serialise decision-log rows (keys: :data:`LOG_COLUMNS`) to bytes.
 
     An empty ``rows`` still gives a valid file: CSV with its header, an empty JSONL file, or a
-    Parquet file carrying the schema. Only CSV cells are neutralised; JSONL and Parquet keep values.
+    Parquet file carrying the schema. Only CSV cells are neutralised, and CSV codes are written as text a
+    spreadsheet keeps (`excel_text_code`); JSONL and Parquet keep the values (6 digits).
 
     Raises:
         ValueError: Unknown format.
@@ -88,7 +104,12 @@ def render_rows(rows: Iterable[Mapping[str, Any]], fmt: str) -> bytes:
         writer = csv.writer(buf, lineterminator="\r\n")
         writer.writerow(LOG_COLUMNS)
         for row in rows:
-            writer.writerow([_csv_cell(row.get(col)) for col in LOG_COLUMNS])
+            writer.writerow(
+                [
+                    excel_text_code(row[col]) if col in CODE_COLUMNS and row.get(col) else _csv_cell(row.get(col))
+                    for col in LOG_COLUMNS
+                ]
+            )
         return buf.getvalue().encode("utf-8")
     if fmt == "jsonl":
         lines = (json.dumps({c: _json_value(row.get(c)) for c in LOG_COLUMNS}, ensure_ascii=False) for row in rows)

@@ -606,23 +606,48 @@ def _cell(value: Any) -> Any:
     return neutralise_cell(str(value))
 
 
+CODE_COLUMNS = frozenset({"code_1", "code_2", "code_3", "heading", "chapter", "submitted_code", "final_code"})
+_DIGITS = re.compile(r"\d{2}(?:\d{2}(?:\d{2})?)?")
+
+
+def dotted_code(code: str) -> str:
+    """``"010121"`` -> ``"0101.21"`` (how the HS writes subheadings); headings and chapters stay as they are."""
+    return f"{code[:4]}.{code[4:]}" if len(code) == 6 else code
+
+
+def excel_text_code(value: Any) -> str:
+    """A code as a CSV cell that Excel and LibreOffice open as text: ``="0101.21"``.
+
+    A bare ``010121``, or even the dotted ``0101.21``, is read as a number by a spreadsheet (101.21, the leading
+    zero gone); the ``="..."`` form is their documented way to keep it text. Only validated digit codes get it;
+    anything else goes through `neutralise_cell` like every other cell.
+    """
+    text = "" if value is None else str(value)
+    return f'="{dotted_code(text)}"' if _DIGITS.fullmatch(text) else _cell(value)
+
+
 def results_csv(records: Iterable[Mapping[str, Any]], columns: Sequence[str] = RESULT_COLUMNS) -> bytes:
     """Result rows as CSV bytes, UTF-8 with a BOM (Excel reads accents right); formula-like cells neutralised.
 
-    Codes are written as digits ("010121"): keep them text when importing (Excel drops a leading zero).
+    Codes are written in the dotted form as text a spreadsheet keeps (``="0101.21"``, see `excel_text_code`).
     """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
     writer.writerow(columns)
     for rec in records:
-        writer.writerow([_cell(rec.get(c)) for c in columns])
+        writer.writerow([excel_text_code(rec.get(c)) if c in CODE_COLUMNS else _cell(rec.get(c)) for c in columns])
     return buf.getvalue().encode("utf-8-sig")
 
 
 def results_xlsx(records: Iterable[Mapping[str, Any]], columns: Sequence[str] = RESULT_COLUMNS) -> bytes:
-    """Result rows as an XLSX workbook; every text cell is stored as text (codes keep leading zeros, no formulas)."""
+    """Result rows as an XLSX workbook, ready to read in Excel.
+
+    Every text cell is stored as text (codes in the dotted form "0101.21", leading zeros kept, never a formula);
+    each column is as wide as its content (within limits), the header row is bold, frozen and has a filter.
+    """
     from openpyxl import Workbook
     from openpyxl.styles import Font
+    from openpyxl.utils import get_column_letter
 
     book = Workbook(write_only=False)
     sheet = book.active
@@ -637,16 +662,24 @@ def results_xlsx(records: Iterable[Mapping[str, Any]], columns: Sequence[str] = 
                 continue
             if isinstance(value, bool):
                 value = "yes" if value else "no"
+            if key in CODE_COLUMNS and isinstance(value, str):
+                value = dotted_code(value)
             cell = sheet.cell(row=r, column=col, value=value if isinstance(value, int | float) else None)
             if not isinstance(value, int | float):
                 cell.value = _strip_illegal(str(value))
                 cell.data_type = "s"  # never a formula, even when it starts with '='
     sheet.freeze_panes = "A2"
+    sheet.auto_filter.ref = sheet.dimensions
+    for col, key in enumerate(columns, start=1):
+        longest = max(len(str(c.value)) for (c,) in sheet.iter_rows(min_col=col, max_col=col) if c.value is not None)
+        width = max(len(key), longest) + 2
+        sheet.column_dimensions[get_column_letter(col)].width = min(XLSX_MAX_WIDTH, max(XLSX_MIN_WIDTH, width))
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()
 
 
+XLSX_MIN_WIDTH, XLSX_MAX_WIDTH = 8, 60  # characters; longer texts wrap at the cell's edge in Excel
 _XLSX_ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import zipfile
 from pathlib import Path
 
@@ -67,7 +68,8 @@ def test_broker_runs_a_batch_and_downloads_the_results(app_db, page, tmp_path):
     rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8-sig"))))
     assert [r["line_ref"] for r in rows] == ["L-1", "L-2", "L-3"]
     assert [r["status"] for r in rows] == ["classified", "classified", "not run"]
-    assert len(rows[0]["code_1"]) == 6 and rows[0]["code_1"].isdigit() and len(rows[0]["heading"]) == 4
+    # codes as text a spreadsheet keeps: ="6109.10", ="6109" (issue 12 point 8)
+    assert re.fullmatch(r'="\d{4}\.\d{2}"', rows[0]["code_1"]) and re.fullmatch(r'="\d{4}"', rows[0]["heading"])
     assert "not-in-zip.jpg" in rows[2]["error"]
 
     with page.expect_download(timeout=60_000) as download:

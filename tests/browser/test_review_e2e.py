@@ -143,8 +143,8 @@ def test_broker_submits_reviewer_corrects_admin_exports(app_db, page, tmp_path):
 
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [(r["kind"], r["code"], r["username"], r["role"], r["comment"]) for r in rows] == [
-        ("submitted", "610510", "bea", "broker", JUSTIFICATION),
-        ("corrected", "610910", "rita", "reviewer", REASON),
+        ("submitted", '="6105.10"', "bea", "broker", JUSTIFICATION),
+        ("corrected", '="6109.10"', "rita", "reviewer", REASON),
     ]
     assert {r["line_item_id"] for r in rows} == {"1"} and {r["model_version"] for r in rows} == {SHIPPED_VERSION}
     with app_db.factory() as session:
