@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from pathlib import Path
 
 import streamlit as st
 
@@ -35,6 +36,8 @@ ROLE_PAGES = {
     "admin": ("classify", "batch", "my_items", "review", "decision_log", "models"),
 }
 FIRST_ADMIN_COMMAND = "python -m db users create --username admin --role admin"
+# Bundled, so the browser fetches nothing from another host (a :material/...: page icon is loaded from a font CDN).
+PAGE_ICON = Path(__file__).resolve().parent / "assets" / "page_icon.png"
 
 
 def sign_in_screen() -> None:
@@ -99,7 +102,7 @@ def sidebar(actor) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="HS desk", page_icon=":material/inventory_2:", layout="wide")
+    st.set_page_config(page_title="HS desk", page_icon=str(PAGE_ICON), layout="wide")
     actor = common.current_actor()
     signed_in_at: datetime | None = st.session_state.get(common.SIGNED_IN_AT_KEY)
     if actor is not None and (signed_in_at is None or utcnow() - signed_in_at > SESSION_TTL):
