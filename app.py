@@ -12,6 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from db.engine import default_db_url, safe_db_url
 from db.models import utcnow
 from db.queries import count_users
 from screens import common
@@ -44,8 +45,14 @@ def sign_in_screen() -> None:
     """Username/password form; with no users at all, how to create the first admin."""
     st.title("HS desk")
     if common.in_transaction(count_users) == 0:
-        st.info("There are no users yet. Create the first admin on the server, then sign in here:")
-        st.code(FIRST_ADMIN_COMMAND, language="bash")
+        url = default_db_url()
+        st.info(
+            "There are no users yet. Create the first admin on the server, in this app's database (the command "
+            "reads the same `HS_DB_URL`; run it in the app's folder with the same environment), then sign in here:"
+        )
+        st.code(f"HS_DB_URL='{safe_db_url(url)}' {FIRST_ADMIN_COMMAND}", language="bash")
+        if "***" in safe_db_url(url):
+            st.caption("The password in the URL is hidden here; use the real one.")
         return
     with st.form("auth_sign_in"):
         username = st.text_input("Username", key="auth_username", autocomplete="username")

@@ -10,6 +10,7 @@ from screens import common
 from screens.common import md
 from services.classify import (
     MAX_DESCRIPTION_CHARS,
+    MAX_PHOTO_MB,
     MAX_PHOTOS,
     MAX_REF_CHARS,
     UploadedPhoto,
@@ -30,6 +31,7 @@ LEVEL_TITLES = {6: "Subheadings (6 digits)", 4: "Headings (4 digits)", 2: "Chapt
 LEVEL_NAMES = {6: "Subheading", 4: "Heading", 2: "Chapter"}
 MODALITY = {"text": "the description", "image": "the photos", "both": "the description and photos"}
 PATH_LABELS = {"section": "Section", "chapter": "Chapter", "heading": "Heading", "subheading": "Subheading"}
+READ_CHARS_HINT = 500  # about 126 MiniLM word pieces of English product text (the model's window)
 OTHER = "other"  # radio value for "a code that is not among the candidates"
 RESULT_KEYS = (
     "classify_result",
@@ -103,6 +105,12 @@ def inputs() -> tuple[str, list, str, str, bool]:
         over = len(text) > MAX_DESCRIPTION_CHARS
         counter = f"{len(text):,} / {MAX_DESCRIPTION_CHARS:,} characters"
         st.caption(f":red[{counter}: too long, shorten it before classifying]" if over else counter)
+        if not over and len(text) > READ_CHARS_HINT:
+            st.caption(
+                ":orange[:material/info: The model reads only the first 126 word pieces (roughly the first "
+                f"{READ_CHARS_HINT} characters); the rest is stored but not read. Put what it is, its material "
+                "and its use first.]"
+            )
         ref_col, line_col = st.columns(2)
         shipment = ref_col.text_input(
             "Shipment reference (optional)", key="classify_shipment", max_chars=MAX_REF_CHARS, on_change=clear_results
@@ -116,6 +124,7 @@ def inputs() -> tuple[str, list, str, str, bool]:
             type=["jpg", "jpeg", "png", "webp"],
             accept_multiple_files=True,
             key=f"classify_photos_{st.session_state['classify_upload_round']}",
+            max_upload_size=MAX_PHOTO_MB,  # the model's own limit, so the uploader says the same number
             on_change=clear_results,
         )
         if files:
@@ -196,7 +205,7 @@ def level_table(candidates) -> None:
         {
             "Code": [format_code(c.code) for c in candidates],
             "Official description": [c.description for c in candidates],
-            "Probability": [100 * c.score for c in candidates],
+            "Probability": [percent(c.score) for c in candidates],  # as the lists say it: "<1%", never "0.0 %"
         }
     )
     st.dataframe(
@@ -206,7 +215,7 @@ def level_table(candidates) -> None:
         column_config={
             "Code": st.column_config.TextColumn(width="small"),
             "Official description": st.column_config.TextColumn(width="large"),
-            "Probability": st.column_config.NumberColumn(format="%.1f%%", width="small"),
+            "Probability": st.column_config.TextColumn(width="small"),
         },
     )
 
@@ -420,13 +429,21 @@ def decision_form(recorded) -> None:
         st.button("Classify another product", on_click=start_over, key="classify_again")
         return
     code = choose_code(recorded.prediction)
+    first_choice = recorded.prediction.levels[6][0].code
     justification = st.text_area(
-        "Justification (optional)",
+        "Justification",
         key="classify_justification",
         height=90,
         max_chars=4000,
         placeholder="Why this code: material, use, the note or ruling you relied on…",
     )
+    if code is not None and code != first_choice:
+        st.caption(
+            f":orange[:material/edit_note: Required: {format_code(code)} is not the model's first choice "
+            f"({format_code(first_choice)}). The reviewer sees your reason beside the difference.]"
+        )
+    else:
+        st.caption("Optional for the model's first choice.")
     if st.button("Submit", type="primary", disabled=code is None, key="classify_submit"):
         actor = common.current_actor()
         try:

@@ -95,6 +95,19 @@ def item_detail_or_error(item_id: int) -> Any:
         return None
 
 
+LONG_TEXT_CHARS = 600  # longer descriptions scroll in a box instead of making the page thousands of pixels tall
+
+
+def long_text(text: str, height: int = 220) -> None:
+    """A stored description as plain text; a long one scrolls inside a box of ``height`` pixels."""
+    if len(text) <= LONG_TEXT_CHARS:
+        st.text(text)
+        return
+    with st.container(height=height):
+        st.text(text)
+    st.caption(f"{len(text):,} characters; scroll the box to read all of it.")
+
+
 def show_notice(key: str) -> None:
     """The confirmation a callback left in ``st.session_state[key]`` for the next run, shown once."""
     notice = st.session_state.pop(key, None)

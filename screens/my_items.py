@@ -114,7 +114,7 @@ def item_panel(item_id: int) -> None:
         shown = [p for p in detail.photos if p.path is not None]
         if shown:
             st.image([str(p.path) for p in shown], width=160)
-        st.text(detail.description or "(no description: photos only)")
+        common.long_text(detail.description or "(no description: photos only)")
         code = detail.final_code or detail.submitted_code
         if code:
             st.markdown(f"**{format_code(code)}** — {md(describe_code(code))}")

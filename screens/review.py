@@ -186,7 +186,7 @@ def candidate_tables(detail) -> None:
             frame = pd.DataFrame(
                 {
                     "Code": [c.formatted for c in candidates],
-                    "Probability": [100 * c.score for c in candidates],
+                    "Probability": [percent(c.score) for c in candidates],
                     "Submitted": ["✔" if submitted.startswith(c.code) else "" for c in candidates],
                     "Official description": [c.description for c in candidates],
                 }
@@ -197,7 +197,7 @@ def candidate_tables(detail) -> None:
                 width="stretch",
                 column_config={
                     "Code": st.column_config.TextColumn(width="small"),
-                    "Probability": st.column_config.NumberColumn(format="%.1f%%", width="small"),
+                    "Probability": st.column_config.TextColumn(width="small"),
                     "Submitted": st.column_config.TextColumn(
                         width="small", help="The broker's code (or its heading and chapter)"
                     ),
@@ -223,7 +223,7 @@ def evidence(detail) -> None:
         if photo.problem:
             st.caption(f":orange[:material/warning: Photo {photo.position + 1}: {md(photo.problem)}]")
     st.markdown("**Description**")
-    st.text(detail.description or "(no description: photos only)")
+    common.long_text(detail.description or "(no description: photos only)")
     st.markdown("**The model's candidates**")
     if detail.model_version:
         st.caption(md(f"Model {detail.model_version} · {detail.nomenclature_edition}"))
@@ -248,9 +248,13 @@ def brokers_choice(detail) -> None:
     elif top is not None and top.code == detail.submitted_code:
         st.info(f"Also the model's best subheading ({percent(top.score)}), but the model was unsure.")
     elif top is not None:
+        reason = " ".join(detail.justification.split()) or "(none given)"
         st.info(
-            f"The model's best subheading is {top.formatted} ({percent(top.score)}).", icon=":material/compare_arrows:"
+            f"**Differs from the model**: the model's best subheading is {top.formatted} ({percent(top.score)}); "
+            f"the broker chose {format_code(detail.submitted_code or '')} because: “{md(reason)}”",
+            icon=":material/compare_arrows:",
         )
+        return
     st.markdown(f"**Justification** · by {md(detail.submitted_by or '—')}")
     if detail.justification:
         st.text(detail.justification)
@@ -276,7 +280,8 @@ def code_options(detail, query: str):
 
 def decision_forms(detail) -> None:
     item_id = detail.line_item_id
-    action = st.segmented_control("Decision", ACTIONS, default="Approve", key="review_action")
+    # One control per item: the next item starts from Approve, not from the last item's action.
+    action = st.segmented_control("Decision", ACTIONS, default="Approve", key=f"review_action_{item_id}")
     show_error(item_id)
     if action == "Correct":
         query = st.text_input(

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_DESCRIPTION_CHARS",
+    "MAX_PHOTO_MB",
     "MAX_PHOTOS",
     "MAX_REF_CHARS",
     "ClassifyResult",
@@ -53,6 +54,7 @@ __all__ = [
 
 MAX_DESCRIPTION_CHARS = LIMITS.max_text_chars
 MAX_PHOTOS = LIMITS.max_images
+MAX_PHOTO_MB = LIMITS.max_image_bytes // (1024 * 1024)  # 20: what the photo uploader announces
 MAX_REF_CHARS = 64  # shipments.reference and line_items.line_ref are String(64)
 CARD_FILE = "card.json"
 

@@ -150,7 +150,8 @@ def submit(
     Raises:
         PermissionDenied: Not signed in or wrong role.
         NotFound: No such line item.
-        InvalidInput: Bad code, foreign prediction, or the item is already submitted or final.
+        InvalidInput: Bad code, foreign prediction, the item is already submitted or final, or no justification
+            for a code other than the model's first choice.
     """
     actor = refresh_actor(session, require_role(actor, *SUBMITTERS, action="submit classifications"))
     item = _lock_item(session, line_item_id)
@@ -159,9 +160,15 @@ def submit(
         raise InvalidInput(f"Line item {item.id} {_describe(state)}.")
     code = normalise_code(code, valid_code)
     prediction = _prediction_for(session, item.id, prediction_id)
-    return _record(
-        session, actor, item, kind="submitted", code=code, comment=_comment(justification), prediction=prediction
-    )
+    top = prediction.top_code if prediction is not None else None
+    required = None
+    if top is not None and code != top:
+        required = (
+            f"{format_code(code)} is not the model's first choice ({format_code(top)}): say why in the "
+            "justification, so the reviewer sees your reason beside the difference."
+        )
+    text = _comment(justification, required=required)
+    return _record(session, actor, item, kind="submitted", code=code, comment=text, prediction=prediction)
 
 
 def _start_review(session: Session, actor: Actor | None, line_item_id: int, action: str) -> tuple[LineItem, ItemState]:

@@ -72,7 +72,7 @@ def broker_submits_a_shirt(ui, tmp_path: Path) -> None:
     search.press("Enter")
     picked = ui.get_by_role("combobox", name="Subheading", exact=True)
     expect(picked).to_have_value(re.compile(r"^6105\.10 — Shirts; men's or boys', of cotton"), timeout=30_000)
-    justification = ui.get_by_label("Justification (optional)")
+    justification = ui.get_by_label("Justification", exact=True)
     justification.fill(JUSTIFICATION)
     justification.press("Control+Enter")
     ui.get_by_role("button", name="Submit", exact=True).click()

@@ -122,7 +122,7 @@ def logged(factory, actors, item_id) -> dict[str, int]:
         other = new_item(s, actors["broker2"], top="020110", shipment_id=shipment.id)
         decisions.submit(s, actors["broker"], item_id, "610910")
         decisions.approve(s, actors["reviewer"], item_id)
-        decisions.submit(s, actors["broker2"], other, "020110")
+        decisions.submit(s, actors["broker2"], other, "020110", "beef, not a shirt")
         decisions.reject(s, actors["reviewer2"], other, "which meat?")
     return {"first": item_id, "second": other}
 
@@ -168,7 +168,7 @@ def test_listed_filters_pin_the_export_to_what_was_shown(factory, actors, logged
     with factory() as s:
         listed = list_decisions(s, actors["admin"], DecisionFilter(username="bob"))
     with factory.begin() as s:  # bob decides again after the table was read
-        decisions.submit(s, actors["broker2"], logged["second"], "020120")
+        decisions.submit(s, actors["broker2"], logged["second"], "020120", "bone in")
     with factory.begin() as s:
         data = export_decisions(s, actors["admin"], listed.filters, "jsonl")
         fresh = list_decisions(s, actors["admin"], DecisionFilter(username="bob"))
@@ -211,7 +211,7 @@ def test_approve_agreements_approves_each_as_its_own_decision_and_refuses_the_re
         own = new_item(s, actors["admin"])
         for i in (*agree, unsure):
             decisions.submit(s, actors["broker"], i, "610910")
-        decisions.submit(s, actors["broker"], differs, "610990")
+        decisions.submit(s, actors["broker"], differs, "610990", "synthetic fibres")
         decisions.submit(s, actors["admin"], own, "610910")
     with factory.begin() as s:
         result = decisions.approve_agreements(s, actors["admin"], [*agree, differs, unsure, own, 999], "bulk")
