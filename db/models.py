@@ -30,7 +30,7 @@ ModelStatus = Literal["candidate", "active", "retired"]
 ROLES: tuple[str, ...] = ("broker", "reviewer", "admin")
 DECISION_KINDS: tuple[str, ...] = ("submitted", "approved", "corrected", "rejected")
 MODEL_STATUSES: tuple[str, ...] = ("candidate", "active", "retired")
-APPEND_ONLY_TABLES: tuple[str, ...] = ("decisions", "audit_events", "model_activations")
+APPEND_ONLY_TABLES: tuple[str, ...] = ("decisions", "audit_events", "model_activations", "item_comments")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -224,6 +224,50 @@ class AuditEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class AuthSession(Base):
+    """A signed-in browser session, kept server-side; the browser holds only its random token (``id`` is the
+    token's SHA-256, so a leaked database does not hand out live sessions). Ended by sign-out or expiry."""
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column()
+    end_reason: Mapped[str | None] = mapped_column(String(32))
+
+
+class SignInGuard(Base):
+    """One row per username tried: sign-ins for a name lock it, so parallel guesses from any number of app
+    processes are checked one at a time against the failures recorded in the audit trail."""
+
+    __tablename__ = "sign_in_guards"
+
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ItemComment(Base):
+    """Append-only comment thread on a line item between its broker and the reviewers."""
+
+    __tablename__ = "item_comments"
+    __table_args__ = (
+        CheckConstraint("role IN ('broker', 'reviewer', 'admin')", name="role"),
+        Index("ix_item_comments_line_item_id_id", "line_item_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line_item_id: Mapped[int] = mapped_column(ForeignKey("line_items.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    role: Mapped[str] = mapped_column(String(16))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    user: Mapped[User] = relationship(lazy="joined")
+
+
 class AppendOnlyError(RuntimeError):
     """Raised when code tries to update or delete a row of an append-only table."""
 
@@ -235,6 +279,6 @@ def _refuse(verb: str):
     return listener
 
 
-for _cls in (Decision, AuditEvent, ModelActivation):
+for _cls in (Decision, AuditEvent, ModelActivation, ItemComment):
     event.listen(_cls, "before_update", _refuse("update"))
     event.listen(_cls, "before_delete", _refuse("delete"))

@@ -120,6 +120,7 @@ def item_panel(item_id: int) -> None:
             st.markdown(f"**{format_code(code)}** — {md(describe_code(code))}")
         st.markdown("**History**")
         st.markdown(common.history_markdown(detail.history))
+        common.comment_thread(detail.line_item_id)
     with right:
         error = st.session_state.pop(ERROR, None)
         if error:
@@ -151,7 +152,13 @@ items_table(items)
 
 labels = {q.line_item_id: f"#{q.line_item_id} · {STATUS.get(q.status, q.status)} · {q.description[:60]}" for q in items}
 first_rejected = next((i for i, q in enumerate(items) if q.status == "rejected"), 0)
+common.follow_item_link("mine_item", list(labels))
 chosen = st.selectbox(
-    "Open an item", list(labels), index=first_rejected, format_func=labels.__getitem__, key="mine_item"
+    "Open an item",
+    list(labels),
+    index=0 if "mine_item" in st.session_state else first_rejected,  # a linked item was put there
+    format_func=labels.__getitem__,
+    key="mine_item",
 )
+common.link_to_item("mine_item", chosen)
 item_panel(chosen)

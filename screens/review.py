@@ -335,9 +335,11 @@ def decision_forms(detail) -> None:
 def one_by_one(queue) -> None:
     labels = {q.line_item_id: queue_label(q) for q in queue}
     keep_valid("review_item", list(labels))
+    common.follow_item_link("review_item", list(labels))
     item_id = st.selectbox(
         f"{len(queue)} waiting, oldest first", list(labels), format_func=labels.__getitem__, key="review_item"
     )
+    common.link_to_item("review_item", item_id)
     detail = common.item_detail_or_error(item_id)
     if detail is None:
         return
@@ -347,6 +349,7 @@ def one_by_one(queue) -> None:
     with right:
         brokers_choice(detail)
         history(detail)
+        common.comment_thread(detail.line_item_id)
         st.divider()
         decision_forms(detail)
 

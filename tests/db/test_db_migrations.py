@@ -24,6 +24,9 @@ EXPECTED_TABLES = {
     "model_versions",
     "model_activations",
     "audit_events",
+    "auth_sessions",
+    "sign_in_guards",
+    "item_comments",
     "alembic_version",
 }
 
@@ -38,7 +41,8 @@ def test_upgrade_on_fresh_file_creates_every_table(tmp_path: Path):
             triggers = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='trigger'")}
             version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one()
         assert {"decisions_no_update", "decisions_no_delete", "audit_events_no_update"} <= triggers
-        assert version == "0001_initial"
+        assert {"item_comments_no_update", "item_comments_no_delete"} <= triggers
+        assert version == "0002_broker_day"
     finally:
         engine.dispose()
 

@@ -344,3 +344,34 @@ def test_bulk_approval_is_confident_only_at_six_digits_above_the_threshold_witho
 def test_is_agreement(sixes, needs_review, expected):
     assert decisions.is_agreement("610910", sixes, needs_review) is expected
     assert decisions.is_agreement("610990", sixes, needs_review) is False
+
+
+# --- comment thread (issue 12 point 12) --------------------------------------------------------------------------
+
+
+def test_a_comment_thread_between_the_broker_and_reviewers_is_audited_and_append_only(factory, actors, item_id):
+    from db.models import AppendOnlyError, ItemComment
+    from services.comments import add_comment, item_comments
+
+    with factory.begin() as s:
+        add_comment(s, actors["reviewer"], item_id, "Is the lining leather?")
+        add_comment(s, actors["broker"], item_id, "  No:\x00 textile lining.  ")
+        with pytest.raises(PermissionDenied, match="only comment on the line items they classified"):
+            add_comment(s, actors["broker2"], item_id, "me too")
+        with pytest.raises(InvalidInput, match="Write the comment"):
+            add_comment(s, actors["reviewer"], item_id, "   ")
+        with pytest.raises(NotFound):
+            add_comment(s, actors["reviewer"], 999, "where?")
+    with factory() as s:
+        thread = item_comments(s, actors["admin"], item_id)
+        with pytest.raises(PermissionDenied):
+            item_comments(s, actors["broker2"], item_id)
+        audited = s.scalars(select(AuditEvent).where(AuditEvent.action == "comment")).all()
+    assert [(c.username, c.role, c.body) for c in thread] == [
+        ("rey", "reviewer", "Is the lining leather?"),
+        ("bea", "broker", "No:  textile lining."),
+    ]
+    assert [e.detail["line_item_id"] for e in audited] == [item_id, item_id]
+    with factory.begin() as s, pytest.raises(AppendOnlyError):
+        s.scalars(select(ItemComment)).first().body = "edited"
+        s.flush()
