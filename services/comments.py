@@ -79,7 +79,5 @@ def add_comment(session: Session, actor: Actor | None, line_item_id: int, body: 
 def item_comments(session: Session, actor: Actor | None, line_item_id: int) -> list[CommentView]:
     """An item's comments, oldest first (who may see the item may read them)."""
     _, item = _item_for(session, actor, line_item_id, "read comments")
-    stmt = (
-        select(ItemComment).where(ItemComment.line_item_id == item.id).order_by(ItemComment.id).limit(MAX_THREAD)
-    )
+    stmt = select(ItemComment).where(ItemComment.line_item_id == item.id).order_by(ItemComment.id).limit(MAX_THREAD)
     return [CommentView(c.id, c.created_at, c.user.username, c.role, c.body) for c in session.scalars(stmt)]
