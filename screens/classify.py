@@ -24,7 +24,7 @@ from services.classify import (
 from services.code_path import consistent_path
 from services.decisions import near_tie
 from services.errors import ServiceError
-from services.explanations import METHOD_LABELS, explain_candidate
+from services.explanations import METHOD_LABELS, explain_candidate, explain_runner_up
 from services.precedents import find_precedents
 
 LEVEL_TITLES = {6: "Subheadings (6 digits)", 4: "Headings (4 digits)", 2: "Chapters (2 digits)"}
@@ -42,6 +42,7 @@ RESULT_KEYS = (
     "classify_justification",
     "classify_explanation",
     "classify_stored",
+    "classify_contrast",
 )
 
 st.session_state.setdefault("classify_upload_round", 0)  # bumped to empty the uploader
@@ -342,6 +343,22 @@ def show_precedents(recorded, code: str) -> None:
     )
 
 
+def photos_of(recorded, files: list) -> list[UploadedPhoto]:
+    """The photos the shown result was made from: the uploaded ones, else those stored with the line item."""
+    if files:
+        return [UploadedPhoto(f.name, f.getvalue()) for f in files]
+    return list(recorded.photos)
+
+
+def stored_photos(recorded, files: list) -> None:
+    """A line item reopened from Batch comes with its stored photos: show them under the inputs."""
+    if files or not recorded.photos:
+        return
+    thumbs = [(p.name, preview(p.name, p.data)[0]) for p in recorded.photos]
+    st.image([t for _, t in thumbs if t], width=110, caption=[n for n, t in thumbs if t])
+    st.caption(f"The photos stored with line item #{recorded.line_item_id} (used for its explanations).")
+
+
 def explanations(recorded, text: str, files: list) -> None:
     """On demand, so classifying stays fast: why this candidate, why not the runner-up, path and precedents."""
     prediction = recorded.prediction
@@ -361,29 +378,54 @@ def explanations(recorded, text: str, files: list) -> None:
             list(METHOD_LABELS),
             format_func=METHOD_LABELS.get,
             key="classify_explain_method",
-            disabled=not files,
+            disabled=not photos_of(recorded, files),
         )
         if st.button("Explain", icon=":material/insights:", key="classify_explain_run"):
-            photos = [UploadedPhoto(f.name, f.getvalue()) for f in files]
+            photos = photos_of(recorded, files)
             classifier, _ = common.classifier()
             try:
-                with st.spinner("Computing attributions (a few seconds)…"):
+                with st.spinner("Computing attributions…"):
                     view = explain_candidate(
-                        classifier, common.current_actor(), text=text, photos=photos, code=code, method=method
+                        classifier,
+                        common.current_actor(),
+                        text=text,
+                        photos=photos,
+                        code=code,
+                        method=method,
+                        with_contrast=False,  # on demand below: the explanation asked for comes first
+                        redo_missed_completeness=False,  # an approximate heatmap says so rather than taking 4x
                     )
             except ServiceError as exc:
                 st.error(md(str(exc)), icon=":material/error:")
                 return
             st.session_state["classify_explanation"] = view
+            st.session_state.pop("classify_contrast", None)
         view = st.session_state.get("classify_explanation")
         if view is None or view.code != code:
             st.caption("Pick a candidate and press Explain.")
             return
         show_attribution(view.main, f"**What points to {format_code(view.code)}**")
-        if view.contrast is not None:
+        contrast = st.session_state.get("classify_contrast")
+        stale = contrast is None or contrast[0] != (view.code, method)
+        if stale and st.button(
+            "Compare with the runner-up", icon=":material/compare_arrows:", key="classify_contrast_run"
+        ):
+            photos = photos_of(recorded, files)
+            classifier, _ = common.classifier()
+            try:
+                with st.spinner("Comparing with the runner-up…"):
+                    versus = explain_runner_up(
+                        classifier, common.current_actor(), text=text, photos=photos, code=view.code, method=method
+                    )
+            except ServiceError as exc:
+                st.error(md(str(exc)), icon=":material/error:")
+                return
+            contrast = ((view.code, method), versus)
+            st.session_state["classify_contrast"] = contrast
+        if contrast is not None and contrast[0] == (view.code, method) and contrast[1] is not None:
             show_attribution(
-                view.contrast,
-                f"**Why {format_code(view.code)} rather than {format_code(view.contrast.versus)}** "
+                contrast[1],
+                f"**Why {format_code(view.code)} rather than {format_code(contrast[1].versus)}** "
                 "(evidence for the first over the second)",
             )
         show_path(view.code, view.path)
@@ -408,11 +450,11 @@ def choose_code(prediction) -> str | None:
     query = st.text_input("Search by code or words", key="classify_search", placeholder="e.g. 6109 or cotton T-shirt")
     if not query.strip():
         return None
-    options = search_subheadings(query)
+    options = search_subheadings(query, classifier=common.classifier()[0])
     if not options:
         st.caption(f"No subheading matches “{md(query.strip())}”.")
         return None
-    labels = {o.code: f"{o.formatted} — {o.description}" for o in options}
+    labels = {o.code: f"{o.formatted} — {o.description}" + (f" ({o.source})" if o.source else "") for o in options}
     return st.selectbox("Subheading", list(labels), key="classify_pick", format_func=labels.__getitem__)
 
 
@@ -470,6 +512,7 @@ if clicked:
     run_classification(text, files, shipment, line)
 recorded = st.session_state.get("classify_result")
 if recorded is not None:
+    stored_photos(recorded, files)
     show_prediction(recorded)
     explanations(recorded, text, files)
     decision_form(recorded)
