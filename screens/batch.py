@@ -188,15 +188,23 @@ def results_table(result) -> None:
 def open_in_classify(item_id: int, record: dict, shipment: str, threshold: float) -> None:
     actor = common.current_actor()
     try:
-        recorded = common.in_transaction(lambda session: open_line_item(session, actor, item_id, threshold))
+        recorded = common.in_transaction(
+            lambda session: open_line_item(session, actor, item_id, threshold, photo_root=common.photo_root())
+        )
     except ServiceError as exc:
         st.error(md(str(exc)), icon=":material/error:")
         return
     for key in CLASSIFY_KEYS:
         st.session_state.pop(key, None)
     # The Classify screen shows a stored line item exactly as a fresh classification: its candidates, the
-    # official path and the decision form. Its inputs show the line's text (photos stay in the store).
+    # official path and the decision form. Its inputs show the line's text; its stored photos come along.
     st.session_state["classify_result"] = recorded
+    st.session_state["classify_stored"] = {
+        "text": record["description"] or "",
+        "photos": [p.name for p in recorded.photos],
+        "shipment": shipment,
+        "line": record["line_ref"] or "",
+    }
     st.session_state["classify_text"] = record["description"] or ""
     st.session_state["classify_shipment"] = shipment
     st.session_state["classify_line"] = record["line_ref"] or ""

@@ -550,14 +550,19 @@ def test_only_brokers_and_admins_run_batches_and_a_shipment_is_required(app_db, 
 
 
 def test_open_line_item_rebuilds_the_prediction(app_db, broker):
+    from db.models import LineItem
     from services.batch import open_line_item, run_batch
 
     result = run_batch(transact_for(app_db), FakeBatchClassifier(), broker, upload(2, bad_row=False),
                        shipment_ref="S", photo_root=app_db.photo_dir)  # fmt: skip
     record = result.records[1]
     with app_db.factory() as session:
-        recorded = open_line_item(session, broker, record["line_item_id"], 0.5)
+        recorded = open_line_item(session, broker, record["line_item_id"], 0.5, photo_root=app_db.photo_dir)
+        stored = session.get(LineItem, record["line_item_id"]).photos
     assert recorded.line_item_id == record["line_item_id"]
+    # the line comes with its photos, as stored (issue 12 point 2)
+    assert [hashlib.sha256(p.data).hexdigest() for p in recorded.photos] == [p.sha256 for p in stored]
+    assert len(recorded.photos) == 1 and recorded.photos[0].name == "photo 1"
     assert recorded.prediction.levels[6][0].code == record["code_1"]
     assert recorded.prediction.modality == "both" and recorded.prediction.needs_review == record["needs_review"]
 
