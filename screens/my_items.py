@@ -78,7 +78,8 @@ def resubmit_form(detail) -> None:
         placeholder="e.g. 6109 or T-shirts",
     )
     if query.strip():
-        options = {o.code: f"{o.formatted} — {o.description}" for o in search_subheadings(query)}
+        found = search_subheadings(query, classifier=common.classifier()[0])
+        options = {o.code: f"{o.formatted} — {o.description}" + (f" ({o.source})" if o.source else "") for o in found}
         if not options:
             st.caption(f"No subheading matches “{md(query.strip())}”.")
     else:

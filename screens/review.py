@@ -270,7 +270,8 @@ def history(detail) -> None:
 def code_options(detail, query: str):
     """The picker's subheadings: search hits, or the model's other candidates before anything is typed."""
     if query.strip():
-        return {o.code: f"{o.formatted} — {o.description}" for o in search_subheadings(query)}
+        found = search_subheadings(query, classifier=common.classifier()[0])
+        return {o.code: f"{o.formatted} — {o.description}" + (f" ({o.source})" if o.source else "") for o in found}
     return {
         c.code: f"{c.formatted} — {c.description} (model {percent(c.score)})"
         for c in detail.candidates.get(6, ())

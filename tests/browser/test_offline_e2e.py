@@ -68,6 +68,14 @@ def test_no_request_leaves_the_machine_and_the_best_codes_form_one_path(app_db, 
         else:
             expect(page.get_by_text("The levels disagree")).to_be_visible()
 
+        # the HS tree search knows trade names (issue 12 point 5)
+        page.get_by_text("Another code (search the HS 2022 tree)").click()
+        search = page.get_by_label("Search by code or words")
+        search.fill("rucksack")
+        search.press("Enter")
+        picked = page.get_by_role("combobox", name="Subheading", exact=True)
+        expect(picked).to_have_value(re.compile(r"^4202\.\d\d — .*trade name “rucksacks”"), timeout=30_000)
+
         for link, title in SCREENS.items():
             page.get_by_role("link", name=link, exact=True).click()
             expect(page.get_by_role("heading", name=title)).to_be_visible(timeout=60_000)

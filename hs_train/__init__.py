@@ -1,0 +1,1 @@
+"""Training and evaluation side of HS desk (datasets, training, the assets it builds)."""
