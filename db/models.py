@@ -30,7 +30,13 @@ ModelStatus = Literal["candidate", "active", "retired"]
 ROLES: tuple[str, ...] = ("broker", "reviewer", "admin")
 DECISION_KINDS: tuple[str, ...] = ("submitted", "approved", "corrected", "rejected")
 MODEL_STATUSES: tuple[str, ...] = ("candidate", "active", "retired")
-APPEND_ONLY_TABLES: tuple[str, ...] = ("decisions", "audit_events", "model_activations", "item_comments")
+APPEND_ONLY_TABLES: tuple[str, ...] = (
+    "decisions",
+    "audit_events",
+    "model_activations",
+    "item_comments",
+    "line_item_versions",
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -268,6 +274,24 @@ class ItemComment(Base):
     user: Mapped[User] = relationship(lazy="joined")
 
 
+class LineItemVersion(Base):
+    """Append-only: what a line item said (description, photos) at each version. Version 1 is the original,
+    written when the item is first corrected; the line item itself always holds the latest version."""
+
+    __tablename__ = "line_item_versions"
+    __table_args__ = (UniqueConstraint("line_item_id", "version", name="uq_line_item_versions_line_item_id_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line_item_id: Mapped[int] = mapped_column(ForeignKey("line_items.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str] = mapped_column(Text)
+    # [{"sha256", "path", "mime", "width", "height", "size_bytes"}, ...] in photo order
+    photos: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class AppendOnlyError(RuntimeError):
     """Raised when code tries to update or delete a row of an append-only table."""
 
@@ -279,6 +303,6 @@ def _refuse(verb: str):
     return listener
 
 
-for _cls in (Decision, AuditEvent, ModelActivation, ItemComment):
+for _cls in (Decision, AuditEvent, ModelActivation, ItemComment, LineItemVersion):
     event.listen(_cls, "before_update", _refuse("update"))
     event.listen(_cls, "before_delete", _refuse("delete"))

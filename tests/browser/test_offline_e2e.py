@@ -56,6 +56,7 @@ def test_no_request_leaves_the_machine_and_the_best_codes_form_one_path(app_db, 
         description = page.get_by_label("Product description")
         description.fill("women's leather handbag with a shoulder strap")
         description.press("Control+Enter")
+        expect(page.get_by_text("45 / 20,000 characters")).to_be_visible(timeout=30_000)  # the rerun is done
         upload_photo(page, product_photo(tmp_path))
         page.get_by_role("button", name="Classify").click()
         expect(page.get_by_text("Candidates for line item #1")).to_be_visible(timeout=MODEL_TIMEOUT_MS)

@@ -27,6 +27,7 @@ EXPECTED_TABLES = {
     "auth_sessions",
     "sign_in_guards",
     "item_comments",
+    "line_item_versions",
     "alembic_version",
 }
 

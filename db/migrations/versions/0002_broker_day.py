@@ -1,4 +1,5 @@
-"""A broker's day: server-side sign-in sessions, a cross-process sign-in guard, comment threads on items.
+"""A broker's day: server-side sign-in sessions, a cross-process sign-in guard, comment threads on items,
+versions of a corrected line item.
 
 Revision ID: 0002_broker_day
 Revises: 0001_initial
@@ -15,7 +16,7 @@ down_revision = "0001_initial"
 branch_labels = None
 depends_on = None
 
-APPEND_ONLY = ("item_comments",)
+APPEND_ONLY = ("item_comments", "line_item_versions")
 
 
 def _ts() -> sa.DateTime:
@@ -58,6 +59,23 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_item_comments")),
     )
     op.create_index("ix_item_comments_line_item_id_id", "item_comments", ["line_item_id", "id"])
+    op.create_table(
+        "line_item_versions",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("line_item_id", sa.Integer(), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("description", sa.Text(), nullable=False),
+        sa.Column("photos", sa.JSON(), nullable=False),
+        sa.Column("reason", sa.Text(), nullable=False),
+        sa.Column("created_by", sa.Integer(), nullable=True),
+        sa.Column("created_at", _ts(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["line_item_id"], ["line_items.id"], name=op.f("fk_line_item_versions_line_item_id_line_items")
+        ),
+        sa.ForeignKeyConstraint(["created_by"], ["users.id"], name=op.f("fk_line_item_versions_created_by_users")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_line_item_versions")),
+        sa.UniqueConstraint("line_item_id", "version", name="uq_line_item_versions_line_item_id_version"),
+    )
     _create_append_only_triggers()
 
 
@@ -88,5 +106,5 @@ def downgrade() -> None:
         for table in APPEND_ONLY:
             op.execute(f"DROP TRIGGER IF EXISTS {table}_no_update")
             op.execute(f"DROP TRIGGER IF EXISTS {table}_no_delete")
-    for table in ("item_comments", "sign_in_guards", "auth_sessions"):
+    for table in ("line_item_versions", "item_comments", "sign_in_guards", "auth_sessions"):
         op.drop_table(table)
