@@ -7,6 +7,7 @@ Run with ``streamlit run app.py``. Env: ``HS_DB_URL`` (database, migrated at sta
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -44,6 +45,7 @@ COOKIE_PENDING = "auth_cookie_pending"  # the token to store in the browser (Non
 SIGNED_OUT_KEY = "auth_signed_out"
 WANTED_KEY = "auth_wanted_page"  # (page name, query) a signed-out deep link asked for
 DEEP_LINK_PARAMS = ("item",)
+_TOKEN_CHARS = re.compile(r"(?:[A-Za-z0-9_-]{20,128})?")  # secrets.token_urlsafe output, or "" to forget it
 # Bundled, so the browser fetches nothing from another host (a :material/...: page icon is loaded from a font CDN).
 PAGE_ICON = Path(__file__).resolve().parent / "assets" / "page_icon.png"
 
@@ -87,6 +89,8 @@ def set_cookie(token: str | None) -> None:
     HttpOnly: see SECURITY.md.
     """
     value = token or ""
+    if not _TOKEN_CHARS.fullmatch(value):  # the script below embeds it: URL-safe base64 only, never markup
+        raise ValueError("not a session token")
     age = int(SESSION_TTL.total_seconds()) if token else 0
     components.html(
         "<script>(function(){var w=window.parent;"

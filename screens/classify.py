@@ -455,6 +455,10 @@ def choose_code(prediction) -> str | None:
         st.caption(f"No subheading matches “{md(query.strip())}”.")
         return None
     labels = {o.code: f"{o.formatted} — {o.description}" + (f" ({o.source})" if o.source else "") for o in options}
+    st.caption(
+        f"{len(options)} subheading(s) for “{md(query.strip())}”: official texts first, then trade names, then the "
+        "model's ranking of these words."
+    )
     return st.selectbox("Subheading", list(labels), key="classify_pick", format_func=labels.__getitem__)
 
 
