@@ -101,6 +101,11 @@ def set_cookie(token: str | None) -> None:
     )
 
 
+def cookie_slot() -> None:
+    """The cookie component's place on a run with nothing to store (see `main`)."""
+    components.html("", height=0)
+
+
 def wanted_page() -> tuple[str, dict[str, str]] | None:
     """The page (url path) and query a signed-out browser asked for, so it opens after sign-in if allowed."""
     try:
@@ -185,8 +190,12 @@ def main() -> None:
     elif actor is not None and token and common.in_transaction(lambda s: resume_session(s, token)) is None:
         do_sign_out("Your session has ended (signed out elsewhere, expired, or the account changed); please sign in.")
         actor = None
+    # Always one component, first, at the same place: appearing on one run and gone on the next, it shifted every
+    # element after it and Streamlit briefly showed the page's widgets twice (stale copies during the rerun).
     if COOKIE_PENDING in st.session_state:
         set_cookie(st.session_state.pop(COOKIE_PENDING))
+    else:
+        cookie_slot()
     if actor is None:
         notice = st.session_state.pop("auth_notice", None)
         if notice:
