@@ -147,7 +147,9 @@ def run(check, shipment: str) -> None:
 
 
 def percent(score) -> str:
-    return "" if score is None or pd.isna(score) else f"{score:.0%}"
+    if score is None or pd.isna(score):
+        return ""
+    return "<1%" if score < 0.005 else f"{score:.0%}"  # as Classify says it, never "0%"
 
 
 def results_table(result) -> None:
@@ -158,7 +160,7 @@ def results_table(result) -> None:
             "Line ref": [r["line_ref"] for r in rows],
             "Item": [f"#{r['line_item_id']}" if r["line_item_id"] else "" for r in rows],
             "Status": [r["status"] for r in rows],
-            "Review": [":material/warning: review" if r["needs_review"] else "" for r in rows],
+            "Review": ["⚠ review" if r["needs_review"] else "" for r in rows],  # a table shows no :icon: directives
             **{
                 f"{name} {k}": [
                     (format_code(r[f"code_{k}"]) + f" ({percent(r[f'score_{k}'])})") if r[f"code_{k}"] else ""
