@@ -176,6 +176,9 @@ def test_the_reviewer_sees_stored_markup_as_text_and_nothing_runs(server, page):
     sign_in(page, "rita")
     expect(page.get_by_role("heading", name="Review submitted codes")).to_be_visible(timeout=60_000)
     expect(page.get_by_text(QUEUED).first).to_be_visible(timeout=60_000)
+    # the right column (justification, history) is drawn after the left one: wait for it before reading the page
+    expect(page.get_by_text("javascript:window.__xss=3").first).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("button", name="Sign in")).to_have_count(0)  # no stale sign-in form left
     body = page.locator("[data-testid='stMain']").inner_text()
     assert SCRIPT in body and IMG in body  # shown as the characters that were typed
     assert "javascript:window.__xss=3" in body
