@@ -7,15 +7,21 @@ Run with ``streamlit run app.py``. Env: ``HS_DB_URL`` (database, migrated at sta
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import streamlit as st
+import streamlit.components.v1 as components
 
+from db.engine import default_db_url, safe_db_url
 from db.models import utcnow
 from db.queries import count_users
 from screens import common
-from services.auth import SESSION_TTL, authenticate, sign_out
+from services.auth import SESSION_TTL, authenticate
 from services.errors import ServiceError
+from services.sessions import COOKIE_NAME, end_session, resume_session, start_session
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +41,27 @@ ROLE_PAGES = {
     "admin": ("classify", "batch", "my_items", "review", "decision_log", "models"),
 }
 FIRST_ADMIN_COMMAND = "python -m db users create --username admin --role admin"
+COOKIE_PENDING = "auth_cookie_pending"  # the token to store in the browser (None: to forget) on this run
+SIGNED_OUT_KEY = "auth_signed_out"
+WANTED_KEY = "auth_wanted_page"  # (page name, query) a signed-out deep link asked for
+DEEP_LINK_PARAMS = ("item",)
+_TOKEN_CHARS = re.compile(r"(?:[A-Za-z0-9_-]{20,128})?")  # secrets.token_urlsafe output, or "" to forget it
+# Bundled, so the browser fetches nothing from another host (a :material/...: page icon is loaded from a font CDN).
+PAGE_ICON = Path(__file__).resolve().parent / "assets" / "page_icon.png"
 
 
 def sign_in_screen() -> None:
     """Username/password form; with no users at all, how to create the first admin."""
     st.title("HS desk")
     if common.in_transaction(count_users) == 0:
-        st.info("There are no users yet. Create the first admin on the server, then sign in here:")
-        st.code(FIRST_ADMIN_COMMAND, language="bash")
+        url = default_db_url()
+        st.info(
+            "There are no users yet. Create the first admin on the server, in this app's database (the command "
+            "reads the same `HS_DB_URL`; run it in the app's folder with the same environment), then sign in here:"
+        )
+        st.code(f"HS_DB_URL='{safe_db_url(url)}' {FIRST_ADMIN_COMMAND}", language="bash")
+        if "***" in safe_db_url(url):
+            st.caption("The password in the URL is hidden here; use the real one.")
         return
     with st.form("auth_sign_in"):
         username = st.text_input("Username", key="auth_username", autocomplete="username")
@@ -54,19 +73,79 @@ def sign_in_screen() -> None:
         except ServiceError as exc:
             st.error(str(exc))
             return
+        token = common.in_transaction(lambda session: start_session(session, actor))
         st.session_state[common.ACTOR_KEY] = actor
         st.session_state[common.SIGNED_IN_AT_KEY] = utcnow()
+        st.session_state[common.TOKEN_KEY] = token
+        st.session_state[COOKIE_PENDING] = token
         st.rerun()
+
+
+def set_cookie(token: str | None) -> None:
+    """Store the session token in this browser (``None``: forget it), from a zero-height same-origin frame.
+
+    Path ``/``, ``SameSite=Strict`` (never sent by another site's links or forms), ``Secure`` when the app is
+    served over HTTPS, and it lives no longer than the server-side session. A script sets it, so it is not
+    HttpOnly: see SECURITY.md.
+    """
+    value = token or ""
+    if not _TOKEN_CHARS.fullmatch(value):  # the script below embeds it: URL-safe base64 only, never markup
+        raise ValueError("not a session token")
+    age = int(SESSION_TTL.total_seconds()) if token else 0
+    components.html(
+        "<script>(function(){var w=window.parent;"
+        "var secure=w.location.protocol==='https:'?'; Secure':'';"
+        f"w.document.cookie='{COOKIE_NAME}={value}; Path=/; Max-Age={age}; SameSite=Strict'+secure;"
+        "})();</script>",
+        height=0,
+    )
+
+
+def cookie_slot() -> None:
+    """The cookie component's place on a run with nothing to store (see `main`)."""
+    components.html("", height=0)
+
+
+def wanted_page() -> tuple[str, dict[str, str]] | None:
+    """The page (url path) and query a signed-out browser asked for, so it opens after sign-in if allowed."""
+    try:
+        parts = urlsplit(st.context.url or "")
+    except Exception:  # noqa: BLE001 - no URL (tests) means no deep link
+        return None
+    path = parts.path.rstrip("/").rsplit("/", 1)[-1]
+    names = {page.url_path: name for name, page in PAGES.items()}
+    if path not in names:
+        return None
+    # st.context.url has the path asked for; the query string is in st.query_params
+    query = {k: v for k in DEEP_LINK_PARAMS if (v := st.query_params.get(k)) is not None and v.isdigit()}
+    return names[path], query
+
+
+def resume_from_cookie() -> None:
+    """A new browser session (refresh, typed URL, bookmark): sign the user back in from the session cookie."""
+    token = st.context.cookies.get(COOKIE_NAME) if st.context.cookies else None
+    if not token:
+        return
+    actor = common.in_transaction(lambda session: resume_session(session, token))
+    if actor is None:
+        st.session_state[COOKIE_PENDING] = None  # ended or expired: forget it in the browser too
+        return
+    st.session_state[common.ACTOR_KEY] = actor
+    st.session_state[common.SIGNED_IN_AT_KEY] = utcnow()
+    st.session_state[common.TOKEN_KEY] = token
 
 
 def do_sign_out(reason: str | None = None) -> None:
     """Record the sign-out and forget everything this browser session held."""
     actor = common.current_actor()
+    token = st.session_state.get(common.TOKEN_KEY)
     try:
-        if actor is not None:
-            common.in_transaction(lambda session: sign_out(session, actor))
+        if actor is not None or token:
+            common.in_transaction(lambda session: end_session(session, token, actor))
     finally:
         st.session_state.clear()
+        st.session_state[COOKIE_PENDING] = None  # forget the token in the browser as well
+        st.session_state[SIGNED_OUT_KEY] = True  # a cookie the browser still sends must not sign in again
         if reason:
             st.session_state["auth_notice"] = reason
 
@@ -99,18 +178,36 @@ def sidebar(actor) -> None:
 
 
 def main() -> None:
-    st.set_page_config(page_title="HS desk", page_icon=":material/inventory_2:", layout="wide")
+    st.set_page_config(page_title="HS desk", page_icon=str(PAGE_ICON), layout="wide")
+    if common.current_actor() is None and not st.session_state.get(SIGNED_OUT_KEY):
+        resume_from_cookie()
     actor = common.current_actor()
     signed_in_at: datetime | None = st.session_state.get(common.SIGNED_IN_AT_KEY)
+    token = st.session_state.get(common.TOKEN_KEY)
     if actor is not None and (signed_in_at is None or utcnow() - signed_in_at > SESSION_TTL):
         do_sign_out("Your session expired; please sign in again.")
         actor = None
+    elif actor is not None and token and common.in_transaction(lambda s: resume_session(s, token)) is None:
+        do_sign_out("Your session has ended (signed out elsewhere, expired, or the account changed); please sign in.")
+        actor = None
+    # Always one component, first, at the same place: appearing on one run and gone on the next, it shifted every
+    # element after it and Streamlit briefly showed the page's widgets twice (stale copies during the rerun).
+    if COOKIE_PENDING in st.session_state:
+        set_cookie(st.session_state.pop(COOKIE_PENDING))
+    else:
+        cookie_slot()
     if actor is None:
         notice = st.session_state.pop("auth_notice", None)
         if notice:
             st.info(notice)
+        wanted = wanted_page()
+        if wanted is not None:
+            st.session_state[WANTED_KEY] = wanted
         st.navigation([st.Page(sign_in_screen, title="Sign in", url_path="sign-in")], position="hidden").run()
         return
+    wanted = st.session_state.pop(WANTED_KEY, None)
+    if wanted is not None and wanted[0] in ROLE_PAGES.get(actor.role, ()):
+        st.switch_page(PAGES[wanted[0]], query_params=wanted[1] or None)  # the deep link, now that the role allows
     sidebar(actor)
     pages = [PAGES[name] for name in ROLE_PAGES.get(actor.role, ())]
     st.navigation(pages).run()

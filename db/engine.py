@@ -41,6 +41,11 @@ def default_db_url() -> str:
     return url
 
 
+def safe_db_url(url: str | URL) -> str:
+    """The URL with its password hidden (``***``), fit to show on a screen or in a log."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def _is_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite"
 

@@ -13,11 +13,12 @@ from sqlalchemy.orm import Session
 
 from db.decision_log import LOG_COLUMNS, DecisionFilter, decision_log
 from db.queries import add_audit_event
-from hs_core.text import neutralise_formula
+from hs_core.text import excel_text_code, neutralise_formula
 
 ExportFormat = Literal["csv", "jsonl", "parquet"]
 FORMATS: tuple[str, ...] = ("csv", "jsonl", "parquet")
 CONTENT_TYPES = {"csv": "text/csv", "jsonl": "application/x-ndjson", "parquet": "application/vnd.apache.parquet"}
+CODE_COLUMNS = frozenset({"code", "model_top_code"})
 
 
 def _csv_cell(value: Any) -> str:
@@ -69,7 +70,8 @@ def render_rows(rows: Iterable[Mapping[str, Any]], fmt: str) -> bytes:
     """Serialise decision-log rows (keys: :data:`LOG_COLUMNS`) to bytes.
 
     An empty ``rows`` still gives a valid file: CSV with its header, an empty JSONL file, or a
-    Parquet file carrying the schema. Only CSV cells are neutralised; JSONL and Parquet keep values.
+    Parquet file carrying the schema. Only CSV cells are neutralised, and CSV codes are written as text a
+    spreadsheet keeps (`excel_text_code`); JSONL and Parquet keep the values (6 digits).
 
     Raises:
         ValueError: Unknown format.
@@ -80,7 +82,12 @@ def render_rows(rows: Iterable[Mapping[str, Any]], fmt: str) -> bytes:
         writer = csv.writer(buf, lineterminator="\r\n")
         writer.writerow(LOG_COLUMNS)
         for row in rows:
-            writer.writerow([_csv_cell(row.get(col)) for col in LOG_COLUMNS])
+            writer.writerow(
+                [
+                    excel_text_code(row[col]) if col in CODE_COLUMNS and row.get(col) else _csv_cell(row.get(col))
+                    for col in LOG_COLUMNS
+                ]
+            )
         return buf.getvalue().encode("utf-8")
     if fmt == "jsonl":
         lines = (json.dumps({c: _json_value(row.get(c)) for c in LOG_COLUMNS}, ensure_ascii=False) for row in rows)

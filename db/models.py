@@ -30,7 +30,14 @@ ModelStatus = Literal["candidate", "active", "retired"]
 ROLES: tuple[str, ...] = ("broker", "reviewer", "admin")
 DECISION_KINDS: tuple[str, ...] = ("submitted", "approved", "corrected", "rejected")
 MODEL_STATUSES: tuple[str, ...] = ("candidate", "active", "retired")
-APPEND_ONLY_TABLES: tuple[str, ...] = ("decisions", "audit_events", "model_activations", "broker_facts")
+APPEND_ONLY_TABLES: tuple[str, ...] = (
+    "decisions",
+    "audit_events",
+    "model_activations",
+    "item_comments",
+    "line_item_versions",
+    "broker_facts",
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -224,6 +231,68 @@ class AuditEvent(Base):
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class AuthSession(Base):
+    """A signed-in browser session, kept server-side; the browser holds only its random token (``id`` is the
+    token's SHA-256, so a leaked database does not hand out live sessions). Ended by sign-out or expiry."""
+
+    __tablename__ = "auth_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column()
+    end_reason: Mapped[str | None] = mapped_column(String(32))
+
+
+class SignInGuard(Base):
+    """One row per username tried: sign-ins for a name lock it, so parallel guesses from any number of app
+    processes are checked one at a time against the failures recorded in the audit trail."""
+
+    __tablename__ = "sign_in_guards"
+
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ItemComment(Base):
+    """Append-only comment thread on a line item between its broker and the reviewers."""
+
+    __tablename__ = "item_comments"
+    __table_args__ = (
+        CheckConstraint("role IN ('broker', 'reviewer', 'admin')", name="role"),
+        Index("ix_item_comments_line_item_id_id", "line_item_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line_item_id: Mapped[int] = mapped_column(ForeignKey("line_items.id"))
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    role: Mapped[str] = mapped_column(String(16))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    user: Mapped[User] = relationship(lazy="joined")
+
+
+class LineItemVersion(Base):
+    """Append-only: what a line item said (description, photos) at each version. Version 1 is the original,
+    written when the item is first corrected; the line item itself always holds the latest version."""
+
+    __tablename__ = "line_item_versions"
+    __table_args__ = (UniqueConstraint("line_item_id", "version", name="uq_line_item_versions_line_item_id_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line_item_id: Mapped[int] = mapped_column(ForeignKey("line_items.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str] = mapped_column(Text)
+    # [{"sha256", "path", "mime", "width", "height", "size_bytes"}, ...] in photo order
+    photos: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class BrokerFact(Base):
     """Append-only: what the broker stated about a line item in answer to a guided question (``textile`` =
     ``cotton``). A changed answer is a new row; the latest row per question is the one in force."""
@@ -255,6 +324,6 @@ def _refuse(verb: str):
     return listener
 
 
-for _cls in (Decision, AuditEvent, ModelActivation, BrokerFact):
+for _cls in (Decision, AuditEvent, ModelActivation, ItemComment, LineItemVersion, BrokerFact):
     event.listen(_cls, "before_update", _refuse("update"))
     event.listen(_cls, "before_delete", _refuse("delete"))

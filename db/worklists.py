@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -65,6 +66,13 @@ class QueueItem:
     model_top_code: str | None
     model_top_score: float | None
     needs_review: bool | None
+    model_subheadings: tuple[tuple[str, float], ...] = ()  # the prediction's best subheadings (code, probability)
+
+
+def subheading_scores(candidates: Sequence[dict[str, Any]] | None, n: int = 2) -> tuple[tuple[str, float], ...]:
+    """The best ``n`` subheadings ``(code, probability)`` of a prediction's stored candidates, best first."""
+    sixes = sorted((c for c in candidates or () if c.get("level") == 6), key=lambda c: c.get("rank", 0))
+    return tuple((str(c["code"]), float(c["score"])) for c in sixes[:n])
 
 
 def _queue_select():
@@ -125,6 +133,7 @@ def _queue_items(session: Session, stmt) -> list[QueueItem]:
             model_top_code=pred.top_code if pred else None,
             model_top_score=pred.top_score if pred else None,
             needs_review=pred.needs_review if pred else None,
+            model_subheadings=subheading_scores(pred.candidates) if pred else (),
         )
         for item, ref, decision, username, pred in session.execute(stmt)
     ]

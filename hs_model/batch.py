@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from hs_core.files import atomic_write_bytes
 from hs_core.limits import LIMITS
-from hs_core.text import CONTROL_CHARACTERS, neutralise_formula, xlsx_safe
+from hs_core.nomenclature import format_digits
+from hs_core.text import CONTROL_CHARACTERS, excel_text_code, neutralise_formula, xlsx_safe
 from hs_model.errors import InputError
 from hs_model.images import load_image
 
@@ -635,23 +636,36 @@ def _cell(value: Any) -> Any:
     return neutralise_formula(str(value))
 
 
+CODE_COLUMNS = frozenset({"code_1", "code_2", "code_3", "heading", "chapter", "submitted_code", "final_code"})
+
+
+def _code_cell(value: Any) -> Any:
+    """A code column's CSV cell: digits as text a spreadsheet keeps (`hs_core.text.excel_text_code`)."""
+    return excel_text_code(str(value)) if isinstance(value, str) and value else _cell(value)
+
+
 def results_csv(records: Iterable[Mapping[str, Any]], columns: Sequence[str] = RESULT_COLUMNS) -> bytes:
     """Result rows as CSV bytes, UTF-8 with a BOM (Excel reads accents right); formula-like cells neutralised.
 
-    Codes are written as digits ("010121"): keep them text when importing (Excel drops a leading zero).
+    Codes are written in the dotted form as text a spreadsheet keeps (``="0101.21"``, see `hs_core.text.excel_text_code`).
     """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
     writer.writerow(columns)
     for rec in records:
-        writer.writerow([_cell(rec.get(c)) for c in columns])
+        writer.writerow([_code_cell(rec.get(c)) if c in CODE_COLUMNS else _cell(rec.get(c)) for c in columns])
     return buf.getvalue().encode("utf-8-sig")
 
 
 def results_xlsx(records: Iterable[Mapping[str, Any]], columns: Sequence[str] = RESULT_COLUMNS) -> bytes:
-    """Result rows as an XLSX workbook; every text cell is stored as text (codes keep leading zeros, no formulas)."""
+    """Result rows as an XLSX workbook, ready to read in Excel.
+
+    Every text cell is stored as text (codes in the dotted form "0101.21", leading zeros kept, never a formula);
+    each column is as wide as its content (within limits), the header row is bold, frozen and has a filter.
+    """
     from openpyxl import Workbook
     from openpyxl.styles import Font
+    from openpyxl.utils import get_column_letter
     from openpyxl.worksheet.worksheet import Worksheet
 
     book = Workbook(write_only=False)
@@ -668,14 +682,24 @@ def results_xlsx(records: Iterable[Mapping[str, Any]], columns: Sequence[str] = 
                 continue
             if isinstance(value, bool):
                 value = "yes" if value else "no"
+            if key in CODE_COLUMNS and isinstance(value, str):
+                value = format_digits(value)
             cell = sheet.cell(row=r, column=col, value=value if isinstance(value, int | float) else None)
             if not isinstance(value, int | float):
                 cell.value = xlsx_safe(str(value))
                 cell.data_type = "s"  # never a formula, even when it starts with '='
     sheet.freeze_panes = "A2"
+    sheet.auto_filter.ref = sheet.dimensions
+    for col, key in enumerate(columns, start=1):
+        longest = max(len(str(c.value)) for (c,) in sheet.iter_rows(min_col=col, max_col=col) if c.value is not None)
+        width = max(len(key), longest) + 2
+        sheet.column_dimensions[get_column_letter(col)].width = min(XLSX_MAX_WIDTH, max(XLSX_MIN_WIDTH, width))
     out = io.BytesIO()
     book.save(out)
     return out.getvalue()
+
+
+XLSX_MIN_WIDTH, XLSX_MAX_WIDTH = 8, 60  # characters; longer texts wrap at the cell's edge in Excel
 
 
 def write_results(records: Sequence[Mapping[str, Any]], path: Path, columns: Sequence[str] = RESULT_COLUMNS) -> None:

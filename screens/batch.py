@@ -24,7 +24,15 @@ from services.errors import ServiceError
 CSV_MAX_MB, ZIP_MAX_MB = 20, 512
 XLSX_MIME = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 STATE_KEYS = ("batch_result", "batch_stopped", "batch_stop", "batch_run_error")
-CLASSIFY_KEYS = ("classify_decision", "classify_choice", "classify_search", "classify_pick", "classify_justification")
+CLASSIFY_KEYS = (
+    "classify_decision",
+    "classify_choice",
+    "classify_search",
+    "classify_pick",
+    "classify_justification",
+    "classify_explanation",
+    "classify_stored",
+)
 
 st.session_state.setdefault("batch_upload_round", 0)
 
@@ -139,7 +147,9 @@ def run(check, shipment: str) -> None:
 
 
 def percent(score) -> str:
-    return "" if score is None or pd.isna(score) else f"{score:.0%}"
+    if score is None or pd.isna(score):
+        return ""
+    return "<1%" if score < 0.005 else f"{score:.0%}"  # as Classify says it, never "0%"
 
 
 def results_table(result) -> None:
@@ -150,7 +160,7 @@ def results_table(result) -> None:
             "Line ref": [r["line_ref"] for r in rows],
             "Item": [f"#{r['line_item_id']}" if r["line_item_id"] else "" for r in rows],
             "Status": [r["status"] for r in rows],
-            "Review": [":material/warning: review" if r["needs_review"] else "" for r in rows],
+            "Review": ["⚠ review" if r["needs_review"] else "" for r in rows],  # a table shows no :icon: directives
             **{
                 f"{name} {k}": [
                     (format_code(r[f"code_{k}"]) + f" ({percent(r[f'score_{k}'])})") if r[f"code_{k}"] else ""
@@ -180,15 +190,23 @@ def results_table(result) -> None:
 def open_in_classify(item_id: int, record: dict, shipment: str, threshold: float) -> None:
     actor = common.current_actor()
     try:
-        recorded = common.in_transaction(lambda session: open_line_item(session, actor, item_id, threshold))
+        recorded = common.in_transaction(
+            lambda session: open_line_item(session, actor, item_id, threshold, photo_root=common.photo_root())
+        )
     except ServiceError as exc:
         st.error(md(str(exc)), icon=":material/error:")
         return
     for key in CLASSIFY_KEYS:
         st.session_state.pop(key, None)
     # The Classify screen shows a stored line item exactly as a fresh classification: its candidates, the
-    # official path and the decision form. Its inputs show the line's text (photos stay in the store).
+    # official path and the decision form. Its inputs show the line's text; its stored photos come along.
     st.session_state["classify_result"] = recorded
+    st.session_state["classify_stored"] = {
+        "text": record["description"] or "",
+        "photos": [p.name for p in recorded.photos],
+        "shipment": shipment,
+        "line": record["line_ref"] or "",
+    }
     st.session_state["classify_text"] = record["description"] or ""
     st.session_state["classify_shipment"] = shipment
     st.session_state["classify_line"] = record["line_ref"] or ""

@@ -10,6 +10,7 @@ from screens import common, guided
 from screens.common import md
 from services.classify import (
     MAX_DESCRIPTION_CHARS,
+    MAX_PHOTO_MB,
     MAX_PHOTOS,
     MAX_REF_CHARS,
     UploadedPhoto,
@@ -20,14 +21,17 @@ from services.classify import (
     submit_decision,
     thumbnail,
 )
+from services.code_path import consistent_path
+from services.decisions import near_tie
 from services.errors import ServiceError
-from services.explanations import METHOD_LABELS, explain_candidate
+from services.explanations import METHOD_LABELS, explain_candidate, explain_runner_up
 from services.precedents import find_precedents
 
 LEVEL_TITLES = {6: "Subheadings (6 digits)", 4: "Headings (4 digits)", 2: "Chapters (2 digits)"}
 LEVEL_NAMES = {6: "Subheading", 4: "Heading", 2: "Chapter"}
 MODALITY = {"text": "the description", "image": "the photos", "both": "the description and photos"}
 PATH_LABELS = {"section": "Section", "chapter": "Chapter", "heading": "Heading", "subheading": "Subheading"}
+READ_CHARS_HINT = 500  # about 126 MiniLM word pieces of English product text (the model's window)
 OTHER = "other"  # radio value for "a code that is not among the candidates"
 RESULT_KEYS = (
     "classify_result",
@@ -37,6 +41,8 @@ RESULT_KEYS = (
     "classify_pick",
     "classify_justification",
     "classify_explanation",
+    "classify_stored",
+    "classify_contrast",
 )
 
 st.session_state.setdefault("classify_upload_round", 0)  # bumped to empty the uploader
@@ -53,9 +59,15 @@ def clear_results() -> None:
 
 
 def start_over() -> None:
+    """A new product: every input emptied, in the browser too.
+
+    The inputs are assigned "" rather than deleted: a deleted key resets only the server's value, so the text box
+    kept showing the previous product while the server classified an empty text (and the next photo was stored
+    with whatever the browser sent back).
+    """
     clear_results()
     for key in ("classify_text", "classify_shipment", "classify_line"):
-        st.session_state.pop(key, None)
+        st.session_state[key] = ""
     st.session_state["classify_upload_round"] += 1
 
 
@@ -94,6 +106,12 @@ def inputs() -> tuple[str, list, str, str, bool]:
         over = len(text) > MAX_DESCRIPTION_CHARS
         counter = f"{len(text):,} / {MAX_DESCRIPTION_CHARS:,} characters"
         st.caption(f":red[{counter}: too long, shorten it before classifying]" if over else counter)
+        if not over and len(text) > READ_CHARS_HINT:
+            st.caption(
+                ":orange[:material/info: The model reads only the first 126 word pieces (roughly the first "
+                f"{READ_CHARS_HINT} characters); the rest is stored but not read. Put what it is, its material "
+                "and its use first.]"
+            )
         ref_col, line_col = st.columns(2)
         shipment = ref_col.text_input(
             "Shipment reference (optional)", key="classify_shipment", max_chars=MAX_REF_CHARS, on_change=clear_results
@@ -107,6 +125,7 @@ def inputs() -> tuple[str, list, str, str, bool]:
             type=["jpg", "jpeg", "png", "webp"],
             accept_multiple_files=True,
             key=f"classify_photos_{st.session_state['classify_upload_round']}",
+            max_upload_size=MAX_PHOTO_MB,  # the model's own limit, so the uploader says the same number
             on_change=clear_results,
         )
         if files:
@@ -138,6 +157,28 @@ def run_classification(text: str, files: list, shipment: str, line: str) -> None
         st.error(md(str(exc)), icon=":material/error:")
         return
     st.session_state["classify_result"] = recorded
+    st.session_state["classify_stored"] = {
+        "text": text.strip(),
+        "photos": [f.name for f in files],
+        "shipment": shipment.strip(),
+        "line": line.strip(),
+    }
+
+
+def show_stored(recorded) -> None:
+    """Exactly what was stored as this line item, so the broker sees what the record holds."""
+    stored = st.session_state.get("classify_stored")
+    if not stored:
+        return
+    text = " ".join(stored.get("text", "").split())
+    parts = [f"description “{md(text[:160])}{'…' if len(text) > 160 else ''}”" if text else "no description"]
+    photos = stored.get("photos") or []
+    parts.append(
+        f"{len(photos)} photo{'s' if len(photos) != 1 else ''}" + (f" ({md(', '.join(photos))})" if photos else "")
+    )
+    parts.append(f"shipment {md(stored['shipment'])}" if stored.get("shipment") else "no shipment reference")
+    parts.append(f"line {md(stored['line'])}" if stored.get("line") else "no line reference")
+    st.caption(f"Stored as line item #{recorded.line_item_id}: " + " · ".join(parts))
 
 
 def level_chart(candidates) -> alt.Chart:
@@ -165,7 +206,7 @@ def level_table(candidates) -> None:
         {
             "Code": [format_code(c.code) for c in candidates],
             "Official description": [c.description for c in candidates],
-            "Probability": [100 * c.score for c in candidates],
+            "Probability": [percent(c.score) for c in candidates],  # as the lists say it: "<1%", never "0.0 %"
         }
     )
     st.dataframe(
@@ -175,7 +216,7 @@ def level_table(candidates) -> None:
         column_config={
             "Code": st.column_config.TextColumn(width="small"),
             "Official description": st.column_config.TextColumn(width="large"),
-            "Probability": st.column_config.NumberColumn(format="%.1f%%", width="small"),
+            "Probability": st.column_config.TextColumn(width="small"),
         },
     )
 
@@ -190,23 +231,10 @@ def show_path(code: str, nodes) -> None:
     )
 
 
-CLOSE_CALL_TOP = 0.8  # below this, a runner-up in the same heading with at least half its probability is named
-CLOSE_CALL_RATIO = 0.5
-
-
 def close_call(subheadings):
-    """The runner-up subheading when the best one barely beats it inside the same heading, else None.
-
-    The model decides headings well and subheadings inside a heading much less well (they often differ only by
-    material, which descriptions and photos rarely show), so a near tie there is worth saying out loud.
-    """
-    if len(subheadings) < 2:
-        return None
-    top, second = subheadings[0], subheadings[1]
-    same_heading = top.code[:4] == second.code[:4]
-    if same_heading and top.score < CLOSE_CALL_TOP and second.score >= CLOSE_CALL_RATIO * top.score:
-        return second
-    return None
+    """The runner-up subheading when the best one barely beats it inside the same heading (`near_tie`), else None."""
+    pairs = [(c.code, c.score) for c in subheadings[:2]]
+    return subheadings[1] if near_tie(pairs) else None
 
 
 def show_prediction(recorded) -> None:
@@ -217,6 +245,7 @@ def show_prediction(recorded) -> None:
         f"Model {prediction.model_version} · {prediction.nomenclature_edition} · read "
         f"{MODALITY.get(prediction.modality, prediction.modality)} · {prediction.latency_ms:,.0f} ms"
     )
+    show_stored(recorded)
     if prediction.needs_review:
         heading = prediction.levels[4][0]
         st.warning(
@@ -238,11 +267,14 @@ def show_prediction(recorded) -> None:
     for note in prediction.notes:
         st.info(note, icon=":material/info:")
 
+    path = consistent_path(prediction.levels)
+    if path.disagreement:
+        st.warning(md(path.disagreement), icon=":material/alt_route:")
+    shown = {6: path.subheading, 4: path.heading, 2: path.chapter}
     for column, level in zip(st.columns(3), (6, 4, 2), strict=True):
-        best = prediction.levels[level][0]
-        column.metric(
-            LEVEL_NAMES[level], format_code(best.code), percent(best.score), delta_color="off", delta_arrow="off"
-        )
+        best = shown[level] or prediction.levels[level][0]
+        label = LEVEL_NAMES[level] if shown[level] is not None else f"{LEVEL_NAMES[level]} (best, off the path)"
+        column.metric(label, format_code(best.code), percent(best.score), delta_color="off", delta_arrow="off")
         column.caption(md(best.description))
 
     for tab, level in zip(st.tabs([LEVEL_TITLES[lv] for lv in (6, 4, 2)]), (6, 4, 2), strict=True):
@@ -253,7 +285,8 @@ def show_prediction(recorded) -> None:
             with chart:
                 st.altair_chart(level_chart(prediction.levels[level]), width="stretch")
 
-    show_path(top.code, official_path(top.code))
+    path_code = path.subheading.code if path.subheading is not None else top.code
+    show_path(path_code, official_path(path_code))
 
 
 def show_attribution(view, heading: str) -> None:
@@ -310,6 +343,22 @@ def show_precedents(recorded, code: str) -> None:
     )
 
 
+def photos_of(recorded, files: list) -> list[UploadedPhoto]:
+    """The photos the shown result was made from: the uploaded ones, else those stored with the line item."""
+    if files:
+        return [UploadedPhoto(f.name, f.getvalue()) for f in files]
+    return list(recorded.photos)
+
+
+def stored_photos(recorded, files: list) -> None:
+    """A line item reopened from Batch comes with its stored photos: show them under the inputs."""
+    if files or not recorded.photos:
+        return
+    thumbs = [(p.name, preview(p.name, p.data)[0]) for p in recorded.photos]
+    st.image([t for _, t in thumbs if t], width=110, caption=[n for n, t in thumbs if t])
+    st.caption(f"The photos stored with line item #{recorded.line_item_id} (used for its explanations).")
+
+
 def explanations(recorded, text: str, files: list) -> None:
     """On demand, so classifying stays fast: why this candidate, why not the runner-up, path and precedents."""
     prediction = recorded.prediction
@@ -329,29 +378,54 @@ def explanations(recorded, text: str, files: list) -> None:
             list(METHOD_LABELS),
             format_func=METHOD_LABELS.get,
             key="classify_explain_method",
-            disabled=not files,
+            disabled=not photos_of(recorded, files),
         )
         if st.button("Explain", icon=":material/insights:", key="classify_explain_run"):
-            photos = [UploadedPhoto(f.name, f.getvalue()) for f in files]
+            photos = photos_of(recorded, files)
             classifier, _ = common.classifier()
             try:
-                with st.spinner("Computing attributions (a few seconds)…"):
+                with st.spinner("Computing attributions…"):
                     view = explain_candidate(
-                        classifier, common.current_actor(), text=text, photos=photos, code=code, method=method
+                        classifier,
+                        common.current_actor(),
+                        text=text,
+                        photos=photos,
+                        code=code,
+                        method=method,
+                        with_contrast=False,  # on demand below: the explanation asked for comes first
+                        redo_missed_completeness=False,  # an approximate heatmap says so rather than taking 4x
                     )
             except ServiceError as exc:
                 st.error(md(str(exc)), icon=":material/error:")
                 return
             st.session_state["classify_explanation"] = view
+            st.session_state.pop("classify_contrast", None)
         view = st.session_state.get("classify_explanation")
         if view is None or view.code != code:
             st.caption("Pick a candidate and press Explain.")
             return
         show_attribution(view.main, f"**What points to {format_code(view.code)}**")
-        if view.contrast is not None:
+        contrast = st.session_state.get("classify_contrast")
+        stale = contrast is None or contrast[0] != (view.code, method)
+        if stale and st.button(
+            "Compare with the runner-up", icon=":material/compare_arrows:", key="classify_contrast_run"
+        ):
+            photos = photos_of(recorded, files)
+            classifier, _ = common.classifier()
+            try:
+                with st.spinner("Comparing with the runner-up…"):
+                    versus = explain_runner_up(
+                        classifier, common.current_actor(), text=text, photos=photos, code=view.code, method=method
+                    )
+            except ServiceError as exc:
+                st.error(md(str(exc)), icon=":material/error:")
+                return
+            contrast = ((view.code, method), versus)
+            st.session_state["classify_contrast"] = contrast
+        if contrast is not None and contrast[0] == (view.code, method) and contrast[1] is not None:
             show_attribution(
-                view.contrast,
-                f"**Why {format_code(view.code)} rather than {format_code(view.contrast.versus)}** "
+                contrast[1],
+                f"**Why {format_code(view.code)} rather than {format_code(contrast[1].versus)}** "
                 "(evidence for the first over the second)",
             )
         show_path(view.code, view.path)
@@ -376,11 +450,15 @@ def choose_code(prediction) -> str | None:
     query = st.text_input("Search by code or words", key="classify_search", placeholder="e.g. 6109 or cotton T-shirt")
     if not query.strip():
         return None
-    options = search_subheadings(query)
+    options = search_subheadings(query, classifier=common.classifier()[0])
     if not options:
         st.caption(f"No subheading matches “{md(query.strip())}”.")
         return None
-    labels = {o.code: f"{o.formatted} — {o.description}" for o in options}
+    labels = {o.code: f"{o.formatted} — {o.description}" + (f" ({o.source})" if o.source else "") for o in options}
+    st.caption(
+        f"{len(options)} subheading(s) for “{md(query.strip())}”: official texts first, then trade names, then the "
+        "model's ranking of these words."
+    )
     return st.selectbox("Subheading", list(labels), key="classify_pick", format_func=labels.__getitem__)
 
 
@@ -397,13 +475,21 @@ def decision_form(recorded) -> None:
         st.button("Classify another product", on_click=start_over, key="classify_again")
         return
     code = choose_code(recorded.prediction)
+    first_choice = recorded.prediction.levels[6][0].code
     justification = st.text_area(
-        "Justification (optional)",
+        "Justification",
         key="classify_justification",
         height=90,
         max_chars=4000,
         placeholder="Why this code: material, use, the note or ruling you relied on…",
     )
+    if code is not None and code != first_choice:
+        st.caption(
+            f":orange[:material/edit_note: Required: {format_code(code)} is not the model's first choice "
+            f"({format_code(first_choice)}). The reviewer sees your reason beside the difference.]"
+        )
+    else:
+        st.caption("Optional for the model's first choice.")
     if st.button("Submit", type="primary", disabled=code is None, key="classify_submit"):
         actor = common.current_actor()
         try:
@@ -430,6 +516,7 @@ if clicked:
     run_classification(text, files, shipment, line)
 recorded = st.session_state.get("classify_result")
 if recorded is not None:
+    stored_photos(recorded, files)
     recorded = guided.show(recorded)
     show_prediction(recorded)
     explanations(recorded, text, files)

@@ -15,6 +15,7 @@ from db.models import utcnow
 from db.photos import default_photo_root
 from services.auth import Actor
 from services.classify import format_code, load_classifier, resolve_model_dir
+from services.comments import MAX_COMMENT_CHARS, add_comment, item_comments
 from services.errors import ServiceError
 from services.models import active_model_dir
 from services.review import item_detail
@@ -26,6 +27,7 @@ T = TypeVar("T")
 ACTOR_KEY = "auth_actor"
 _MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_{}[]()#+-.!|<>~$:"})
 SIGNED_IN_AT_KEY = "auth_signed_in_at"
+TOKEN_KEY = "auth_token"  # this browser's server-side session (services.sessions)
 
 
 @st.cache_resource(show_spinner="Loading the HS model (the first start can take a minute)…")
@@ -93,6 +95,75 @@ def item_detail_or_error(item_id: int) -> Any:
     except ServiceError as exc:
         st.error(md(str(exc)), icon=":material/error:")
         return None
+
+
+LONG_TEXT_CHARS = 600  # longer descriptions scroll in a box instead of making the page thousands of pixels tall
+
+
+def long_text(text: str, height: int = 220) -> None:
+    """A stored description as plain text; a long one scrolls inside a box of ``height`` pixels."""
+    if len(text) <= LONG_TEXT_CHARS:
+        st.text(text)
+        return
+    with st.container(height=height):
+        st.text(text)
+    st.caption(f"{len(text):,} characters; scroll the box to read all of it.")
+
+
+def follow_item_link(key: str, options) -> None:
+    """Open the item a link asked for (``?item=12``) in the pick list ``key``, once, if it is offered there.
+
+    Only items of ``options`` (what the service already let this user see) can be opened; another number is
+    named and ignored.
+    """
+    wanted = st.query_params.get("item")
+    if wanted is None or st.session_state.get(f"{key}_linked") == wanted:
+        return
+    st.session_state[f"{key}_linked"] = wanted
+    item_id = int(wanted) if wanted.isdigit() else None
+    if item_id in options:
+        st.session_state[key] = item_id
+    else:
+        st.caption(f":orange[:material/link_off: Item {md(wanted[:12])} from the link is not in this list.]")
+
+
+def link_to_item(key: str, item_id: int | None) -> None:
+    """Keep the address bar on the item open in pick list ``key``, so a refresh or a bookmark comes back to it."""
+    if item_id is not None and st.query_params.get("item") != str(item_id):
+        st.query_params["item"] = str(item_id)
+        st.session_state[f"{key}_linked"] = str(item_id)
+
+
+def _on_comment(item_id: int, key: str) -> None:
+    actor = current_actor()
+    body = st.session_state.get(key, "")
+    try:
+        in_transaction(lambda session: add_comment(session, actor, item_id, body))
+    except ServiceError as exc:
+        st.session_state[f"{key}_error"] = str(exc)
+        return
+    st.session_state[key] = ""
+
+
+def comment_thread(item_id: int) -> None:
+    """An item's comment thread between its broker and the reviewers, and a box to add to it."""
+    st.markdown("**Comments**")
+    try:
+        thread = in_transaction(lambda session: item_comments(session, current_actor(), item_id))
+    except ServiceError as exc:
+        st.error(md(str(exc)), icon=":material/error:")
+        return
+    for c in thread:
+        st.markdown(f"{c.at:%Y-%m-%d %H:%M} UTC · **{md(c.username)}** ({c.role})  \n{md(' '.join(c.body.split()))}")
+    if not thread:
+        st.caption("No comments yet. Ask or answer here instead of rejecting and guessing.")
+    key = f"comment_body_{item_id}"
+    error = st.session_state.pop(f"{key}_error", None)
+    if error:
+        st.error(md(error), icon=":material/error:")
+    with st.form(f"comment_form_{item_id}", border=False):
+        st.text_area("Add a comment", key=key, height=80, max_chars=MAX_COMMENT_CHARS)
+        st.form_submit_button("Post comment", key=f"comment_post_{item_id}", on_click=_on_comment, args=(item_id, key))
 
 
 def show_notice(key: str) -> None:

@@ -19,7 +19,26 @@ def pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
 
 
+def card_metrics(versions) -> dict[str, str]:
+    """What the served model's own card measured (its training validation), for a version without a gate.
+
+    The shipped model never went through the fine-tune gate, so its gate columns are empty; its card has
+    validation top-1 per dataset instead. Keyed by version id; only the version the app serves now.
+    """
+    try:
+        classifier, _ = common.classifier()
+    except Exception:  # noqa: BLE001 - a broken model is reported in the sidebar; the table still draws
+        return {}
+    card = getattr(classifier, "card", None)
+    found = (getattr(card, "metrics", None) or {}).get("validation_top1") or {}
+    if not found:
+        return {}
+    text = ", ".join(f"{name} {pct(value)}" for name, value in sorted(found.items()))
+    return {str(classifier.version): text}
+
+
 def versions_table(versions) -> None:
+    card = card_metrics(versions)
     frame = pd.DataFrame(
         {
             "": ["● active" if v.active else "" for v in versions],
@@ -28,18 +47,21 @@ def versions_table(versions) -> None:
             "Parent": [v.parent_id or "—" for v in versions],
             "Created": [f"{v.created_at:%Y-%m-%d %H:%M}" for v in versions],
             "By": [v.created_by or "—" for v in versions],
-            "Decisions": [v.decisions if v.decisions is not None else "—" for v in versions],
+            # all text: a "—" among integers made pyarrow log a traceback while drawing the table
+            "Decisions": [f"{v.decisions:,}" if v.decisions is not None else "—" for v in versions],
             "Held-out HS4": [pct(v.heldout_top1) for v in versions],
             "…previous": [pct(v.heldout_top1_before) for v in versions],
             "Benchmark HS4": [pct(v.benchmark_top1) for v in versions],
             "…previous ": [pct(v.benchmark_top1_before) for v in versions],
             "Gate": [{True: "passed", False: "kept back", None: "—"}[v.gate_passed] for v in versions],
+            "Card (validation top-1)": [card.get(v.id, "—") for v in versions],
         }
     )
     st.dataframe(frame, hide_index=True, width="stretch", key="models_table")
     st.caption(
         "HS4 top-1 of each version on the held-out reviewed decisions and on the fixed benchmark (HSCodeComp + ATLAS), "
-        "next to the version it was compared with when it was made."
+        "next to the version it was compared with when it was made; for the version served now, also the "
+        "validation top-1 its card recorded when it was trained."
     )
 
 
@@ -116,8 +138,20 @@ def activation_form(versions) -> None:
         if st.button("Activate", type="primary", key="models_activate"):
             act(lambda session: activate(session, actor, version_id, reason, override=override))
     target = next((v for v in versions if v.rollback_target), None)
-    if target is not None and st.button(f"Roll back to {target.id}", key="models_rollback"):
-        act(lambda session: rollback(session, actor))
+    if target is None:
+        return
+    with st.form("models_rollback_form"):
+        st.markdown(f"**Roll back to {md(target.id)}**: every user gets that version from their next classification.")
+        reason = st.text_input(
+            "Reason for the roll back (required; recorded in the audit trail)", key="models_rb_reason"
+        )
+        confirmed = st.checkbox(f"Yes, switch everyone back to {target.id}", key="models_rb_confirm")
+        clicked = st.form_submit_button(f"Roll back to {target.id}", key="models_rollback")
+    if clicked:
+        if not confirmed:
+            st.error("Tick the confirmation to roll back.", icon=":material/error:")
+        else:
+            act(lambda session: rollback(session, actor, reason))
 
 
 def act(fn) -> None:

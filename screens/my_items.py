@@ -7,10 +7,18 @@ import streamlit as st
 
 from screens import common
 from screens.common import ago, md
-from services.classify import describe_code, format_code, search_subheadings, submit_decision
+from services.classify import (
+    MAX_PHOTO_MB,
+    UploadedPhoto,
+    describe_code,
+    format_code,
+    search_subheadings,
+    submit_decision,
+)
 from services.decisions import MAX_COMMENT_LENGTH
 from services.errors import ServiceError
 from services.review import my_items
+from services.revisions import item_versions, revise_rejected_item
 
 STATUS = {
     "new": "not submitted",
@@ -78,7 +86,8 @@ def resubmit_form(detail) -> None:
         placeholder="e.g. 6109 or T-shirts",
     )
     if query.strip():
-        options = {o.code: f"{o.formatted} — {o.description}" for o in search_subheadings(query)}
+        found = search_subheadings(query, classifier=common.classifier()[0])
+        options = {o.code: f"{o.formatted} — {o.description}" + (f" ({o.source})" if o.source else "") for o in found}
         if not options:
             st.caption(f"No subheading matches “{md(query.strip())}”.")
     else:
@@ -95,13 +104,81 @@ def resubmit_form(detail) -> None:
             placeholder="The model's candidates, or search above",
         )
         st.text_area(
-            "Justification (optional)",
+            "Justification (required unless it is the model's first choice)",
             key=f"mine_justification_{item_id}",
             max_chars=MAX_COMMENT_LENGTH,
             placeholder="What changed since the rejection: material, use, the note or ruling you relied on…",
         )
         st.form_submit_button(
             verb, type="primary", key="mine_submit", on_click=on_submit, args=(item_id, detail.prediction_id)
+        )
+
+
+def on_revise(item_id: int) -> None:
+    uploads = st.session_state.get(f"mine_fix_photos_{item_id}") or []
+    photos = [UploadedPhoto(f.name, f.getvalue()) for f in uploads] or None  # none given: keep the stored ones
+    actor = common.current_actor()
+    try:
+        classifier, _ = common.classifier()
+        recorded = common.in_transaction(
+            lambda session: revise_rejected_item(
+                session,
+                classifier,
+                actor,
+                item_id,
+                text=st.session_state.get(f"mine_fix_text_{item_id}", ""),
+                photos=photos,
+                reason=st.session_state.get(f"mine_fix_reason_{item_id}", ""),
+                photo_root=common.photo_root(),
+            )
+        )
+    except ServiceError as exc:
+        st.session_state[ERROR] = str(exc)
+        return
+    top = recorded.prediction.levels[6][0]
+    st.session_state[NOTICE] = (
+        f"Line item #{item_id} corrected and classified again (the earlier version is kept): the model now proposes "
+        f"{format_code(top.code)}. Submit a code below."
+    )
+
+
+def correction_form(detail) -> None:
+    """A rejected item: correct its description and photos as a new version (the old one is kept)."""
+    item_id = detail.line_item_id
+    with (
+        st.expander("Correct the description or photos", icon=":material/edit:"),
+        st.form(f"mine_fix_form_{item_id}", border=False),
+    ):
+        st.text_area("Description", value=detail.description, key=f"mine_fix_text_{item_id}", height=120)
+        st.file_uploader(
+            "New photos (replace the current ones; leave empty to keep them)",
+            type=["jpg", "jpeg", "png", "webp"],
+            accept_multiple_files=True,
+            key=f"mine_fix_photos_{item_id}",
+            max_upload_size=MAX_PHOTO_MB,
+        )
+        st.text_input("What you corrected (required, kept with the version)", key=f"mine_fix_reason_{item_id}")
+        st.form_submit_button(
+            "Save as a new version and classify again", key="mine_fix_save", on_click=on_revise, args=(item_id,)
+        )
+
+
+def versions(item_id: int) -> None:
+    """Earlier versions of a corrected item, oldest first."""
+    actor = common.current_actor()
+    try:
+        found = common.in_transaction(lambda session: item_versions(session, actor, item_id))
+    except ServiceError as exc:
+        st.error(md(str(exc)), icon=":material/error:")
+        return
+    if len(found) < 2:
+        return
+    st.markdown("**Versions** (the latest is shown above)")
+    for v in found:
+        text = " ".join(v.description.split())
+        st.markdown(
+            f"- v{v.version} · {v.at:%Y-%m-%d %H:%M} UTC · {md(v.by or '—')} · {v.photo_count} photo(s) · "
+            f"“{md(text[:160])}{'…' if len(text) > 160 else ''}” — _{md(v.reason)}_"
         )
 
 
@@ -114,12 +191,14 @@ def item_panel(item_id: int) -> None:
         shown = [p for p in detail.photos if p.path is not None]
         if shown:
             st.image([str(p.path) for p in shown], width=160)
-        st.text(detail.description or "(no description: photos only)")
+        common.long_text(detail.description or "(no description: photos only)")
         code = detail.final_code or detail.submitted_code
         if code:
             st.markdown(f"**{format_code(code)}** — {md(describe_code(code))}")
+        versions(detail.line_item_id)
         st.markdown("**History**")
         st.markdown(common.history_markdown(detail.history))
+        common.comment_thread(detail.line_item_id)
     with right:
         error = st.session_state.pop(ERROR, None)
         if error:
@@ -127,6 +206,7 @@ def item_panel(item_id: int) -> None:
         if detail.status == "rejected":
             reason = detail.history[-1].comment if detail.history else ""
             st.warning(f"Rejected: {md(reason)}", icon=":material/undo:")
+            correction_form(detail)
         if detail.status in ("new", "rejected"):
             resubmit_form(detail)
         elif detail.status == "submitted":
@@ -151,7 +231,13 @@ items_table(items)
 
 labels = {q.line_item_id: f"#{q.line_item_id} · {STATUS.get(q.status, q.status)} · {q.description[:60]}" for q in items}
 first_rejected = next((i for i, q in enumerate(items) if q.status == "rejected"), 0)
+common.follow_item_link("mine_item", list(labels))
 chosen = st.selectbox(
-    "Open an item", list(labels), index=first_rejected, format_func=labels.__getitem__, key="mine_item"
+    "Open an item",
+    list(labels),
+    index=0 if "mine_item" in st.session_state else first_rejected,  # a linked item was put there
+    format_func=labels.__getitem__,
+    key="mine_item",
 )
+common.link_to_item("mine_item", chosen)
 item_panel(chosen)

@@ -12,6 +12,7 @@ from screens import common, guided
 from screens.common import ago, md
 from services.classify import describe_code, format_code, is_subheading, search_subheadings
 from services.decisions import (
+    AGREEMENT_MIN_SCORE,
     MAX_COMMENT_LENGTH,
     approve,
     approve_agreements,
@@ -165,7 +166,7 @@ def queue_filter(everything) -> QueueFilter:
 
 
 def queue_label(q) -> str:
-    agree = " · agrees with the model" if is_agreement(q.code, q.model_top_code, q.needs_review) else ""
+    agree = " · agrees with the model" if is_agreement(q.code, q.model_subheadings, q.needs_review) else ""
     text = q.description[:60] + ("…" if len(q.description) > 60 else "") if q.description else "(photos only)"
     return f"#{q.line_item_id} · {format_code(q.code or '')}{agree} · {text} · by {q.decided_by} · {ago(q.decided_at)}"
 
@@ -185,7 +186,7 @@ def candidate_tables(detail) -> None:
             frame = pd.DataFrame(
                 {
                     "Code": [c.formatted for c in candidates],
-                    "Probability": [100 * c.score for c in candidates],
+                    "Probability": [percent(c.score) for c in candidates],
                     "Submitted": ["✔" if submitted.startswith(c.code) else "" for c in candidates],
                     "Official description": [c.description for c in candidates],
                 }
@@ -196,7 +197,7 @@ def candidate_tables(detail) -> None:
                 width="stretch",
                 column_config={
                     "Code": st.column_config.TextColumn(width="small"),
-                    "Probability": st.column_config.NumberColumn(format="%.1f%%", width="small"),
+                    "Probability": st.column_config.TextColumn(width="small"),
                     "Submitted": st.column_config.TextColumn(
                         width="small", help="The broker's code (or its heading and chapter)"
                     ),
@@ -222,7 +223,7 @@ def evidence(detail) -> None:
         if photo.problem:
             st.caption(f":orange[:material/warning: Photo {photo.position + 1}: {md(photo.problem)}]")
     st.markdown("**Description**")
-    st.text(detail.description or "(no description: photos only)")
+    common.long_text(detail.description or "(no description: photos only)")
     st.markdown("**The model's candidates**")
     if detail.model_version:
         st.caption(md(f"Model {detail.model_version} · {detail.nomenclature_edition}"))
@@ -238,6 +239,7 @@ def brokers_choice(detail) -> None:
     st.markdown("**Broker's code**")
     st.markdown(f"### {format_code(detail.submitted_code or '—')}")
     st.caption(md(describe_code(detail.submitted_code or "")))
+    guided.show_facts(detail.line_item_id)  # what the broker stated in answer to the guided questions
     top = detail.model_top
     if detail.agrees_with_model:
         st.success(
@@ -247,10 +249,13 @@ def brokers_choice(detail) -> None:
     elif top is not None and top.code == detail.submitted_code:
         st.info(f"Also the model's best subheading ({percent(top.score)}), but the model was unsure.")
     elif top is not None:
+        reason = " ".join(detail.justification.split()) or "(none given)"
         st.info(
-            f"The model's best subheading is {top.formatted} ({percent(top.score)}).", icon=":material/compare_arrows:"
+            f"**Differs from the model**: the model's best subheading is {top.formatted} ({percent(top.score)}); "
+            f"the broker chose {format_code(detail.submitted_code or '')} because: “{md(reason)}”",
+            icon=":material/compare_arrows:",
         )
-    guided.show_facts(detail.line_item_id)
+        return
     st.markdown(f"**Justification** · by {md(detail.submitted_by or '—')}")
     if detail.justification:
         st.text(detail.justification)
@@ -266,7 +271,8 @@ def history(detail) -> None:
 def code_options(detail, query: str):
     """The picker's subheadings: search hits, or the model's other candidates before anything is typed."""
     if query.strip():
-        return {o.code: f"{o.formatted} — {o.description}" for o in search_subheadings(query)}
+        found = search_subheadings(query, classifier=common.classifier()[0])
+        return {o.code: f"{o.formatted} — {o.description}" + (f" ({o.source})" if o.source else "") for o in found}
     return {
         c.code: f"{c.formatted} — {c.description} (model {percent(c.score)})"
         for c in detail.candidates.get(6, ())
@@ -276,7 +282,8 @@ def code_options(detail, query: str):
 
 def decision_forms(detail) -> None:
     item_id = detail.line_item_id
-    action = st.segmented_control("Decision", ACTIONS, default="Approve", key="review_action")
+    # One control per item: the next item starts from Approve, not from the last item's action.
+    action = st.segmented_control("Decision", ACTIONS, default="Approve", key=f"review_action_{item_id}")
     show_error(item_id)
     if action == "Correct":
         query = st.text_input(
@@ -330,9 +337,11 @@ def decision_forms(detail) -> None:
 def one_by_one(queue) -> None:
     labels = {q.line_item_id: queue_label(q) for q in queue}
     keep_valid("review_item", list(labels))
+    common.follow_item_link("review_item", list(labels))
     item_id = st.selectbox(
         f"{len(queue)} waiting, oldest first", list(labels), format_func=labels.__getitem__, key="review_item"
     )
+    common.link_to_item("review_item", item_id)
     detail = common.item_detail_or_error(item_id)
     if detail is None:
         return
@@ -342,14 +351,15 @@ def one_by_one(queue) -> None:
     with right:
         brokers_choice(detail)
         history(detail)
+        common.comment_thread(detail.line_item_id)
         st.divider()
         decision_forms(detail)
 
 
 def bulk(agreements) -> None:
     st.caption(
-        "Items where the broker submitted the model's best subheading and the model is confident (not flagged for "
-        "review). Tick the ones to approve; each approval is recorded as its own decision."
+        "Items where the broker submitted the model's best subheading and the model is confident in that subheading: "
+        f"at least {AGREEMENT_MIN_SCORE:.0%}, no near tie with the runner-up, not flagged for review. Tick the ones to approve; each approval is recorded as its own decision."
     )
     show_error(None)
     if not agreements:
@@ -397,7 +407,7 @@ if not queue:
     st.info(f"None of the {len(everything)} waiting items match these filters.", icon=":material/filter_list_off:")
     st.stop()
 agreements = [
-    q for q in queue if is_agreement(q.code, q.model_top_code, q.needs_review) and q.decided_by != actor.username
+    q for q in queue if is_agreement(q.code, q.model_subheadings, q.needs_review) and q.decided_by != actor.username
 ]
 one_tab, bulk_tab = st.tabs([f"One by one ({len(queue)})", f"Bulk approve ({len(agreements)})"])
 with one_tab:

@@ -8,16 +8,18 @@ import math
 import re
 import threading
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import ROLES, AuditEvent, User, utcnow
+from db.models import ROLES, AuditEvent, SignInGuard, User, utcnow
 from db.queries import add_audit_event, add_user, count_users, find_user, normalise_username
 from hs_core.text import LINE_CONTROL_CHARACTERS
 from services.errors import InvalidInput, PermissionDenied
@@ -31,8 +33,9 @@ MAX_FAILURES = 5  # failed sign-ins per username within FAILURE_WINDOW before si
 FAILURE_WINDOW = timedelta(minutes=15)
 _USERNAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.@-]{2,63}$")
 MAX_USERNAME_LENGTH = 64  # users.username and audit_events.username are String(64)
-# Sign-ins for one username run one at a time (striped by name), so parallel guesses cannot all be checked
-# before the first failure is recorded. One process only: several app processes each have their own locks.
+# Sign-ins for one username run one at a time, so parallel guesses cannot all be checked before the first
+# failure is recorded: in this process by a striped lock (cheap), across processes by the username's row in
+# sign_in_guards, locked for the whole attempt (see `_guarded`).
 _SIGN_IN_LOCKS = tuple(threading.Lock() for _ in range(64))
 _ROLE_PLURALS = {"broker": "brokers", "reviewer": "reviewers", "admin": "admins"}
 _hasher = PasswordHasher()  # immutable parameters; safe to share
@@ -199,10 +202,37 @@ def _failure_times(session: Session, username: str, now: datetime) -> list[datet
     return list(session.scalars(stmt))
 
 
-def _audit_outside_transaction(session: Session, **event: Any) -> None:
-    # A failed sign-in raises, so the caller's transaction rolls back; the failure must survive that.
-    with Session(bind=session.get_bind()) as own, own.begin():
-        add_audit_event(own, **event)
+@contextmanager
+def _guarded(session: Session, name: str) -> Iterator[Session]:
+    """A transaction of its own that holds the lock on ``name``'s guard row until it ends (committed either way).
+
+    Everything a sign-in writes (the failure, the throttle, the success) goes through it, so the caller's
+    transaction rolling back on the raised refusal loses nothing. On PostgreSQL the UPDATE takes the row lock
+    (other names are not held up); on SQLite the transaction begins IMMEDIATE, so it holds the write lock.
+    """
+    bind = session.get_bind()
+    if bind.dialect.name == "sqlite":
+        bind = bind.execution_options(sqlite_begin="IMMEDIATE")
+    key = name[:MAX_USERNAME_LENGTH]
+    with Session(bind=bind) as own:
+        own.begin()
+        try:
+            if own.get(SignInGuard, key) is None:
+                try:
+                    with own.begin_nested():
+                        own.add(SignInGuard(username=key))
+                except IntegrityError:  # another process added it first
+                    pass
+            own.execute(update(SignInGuard).where(SignInGuard.username == key).values(last_attempt_at=utcnow()))
+            yield own
+        except PermissionDenied:
+            own.commit()  # the refusal is the answer: keep the failure it recorded
+            raise
+        except BaseException:
+            own.rollback()
+            raise
+        else:
+            own.commit()
 
 
 def authenticate(session: Session, username: str, password: str) -> Actor:
@@ -211,9 +241,10 @@ def authenticate(session: Session, username: str, password: str) -> Actor:
     After ``MAX_FAILURES`` failures within ``FAILURE_WINDOW`` the account is refused until the window
     passes, even with the right password. Failures are audited (``sign_in_failed``, or
     ``sign_in_throttled``) in their own transaction; the password is never stored or logged. Attempts on
-    one username run one at a time in this process, so parallel guesses cannot all be checked before the
-    first failure is counted. Call it in a transaction of its own (``run_transaction``), before writing
-    anything else.
+    one username run one at a time, in this process and across every app process on the database (the
+    username's ``sign_in_guards`` row is locked for the attempt), so parallel guesses cannot all be checked
+    before the first failure is counted. Everything it writes goes through that own transaction: call it in a
+    transaction that has written nothing (``run_transaction``).
 
     Raises:
         PermissionDenied: Wrong username or password, inactive account, or too many failures.
@@ -222,8 +253,8 @@ def authenticate(session: Session, username: str, password: str) -> Actor:
     # No user has control characters or more than 64 characters in their name; keep such input out of the
     # queries and the audit trail as typed (PostgreSQL refuses NUL and over-long values: a DataError).
     name = LINE_CONTROL_CHARACTERS.sub("", typed)[:MAX_USERNAME_LENGTH]
-    with _SIGN_IN_LOCKS[zlib.crc32(name.encode()) % len(_SIGN_IN_LOCKS)]:
-        return _authenticate(session, name, password, impossible=name != typed)
+    with _SIGN_IN_LOCKS[zlib.crc32(name.encode()) % len(_SIGN_IN_LOCKS)], _guarded(session, name) as guarded:
+        return _authenticate(guarded, name, password, impossible=name != typed)
 
 
 def _authenticate(session: Session, name: str, password: str, *, impossible: bool) -> Actor:
@@ -232,7 +263,7 @@ def _authenticate(session: Session, name: str, password: str, *, impossible: boo
     if len(failures) >= MAX_FAILURES:
         wait_s = (failures[MAX_FAILURES - 1] + FAILURE_WINDOW - now).total_seconds()
         minutes = max(1, math.ceil(wait_s / 60))
-        _audit_outside_transaction(session, action="sign_in_throttled", username=name or None, detail={})
+        add_audit_event(session, action="sign_in_throttled", username=name or None, detail={})
         log.warning("sign-in refused for %r: too many failures", name)
         raise PermissionDenied(f"Too many failed sign-ins for this account. Try again in {minutes} minute(s).")
 
@@ -247,7 +278,7 @@ def _authenticate(session: Session, name: str, password: str, *, impossible: boo
     else:
         reason = None
     if reason is not None:
-        _audit_outside_transaction(
+        add_audit_event(
             session,
             action="sign_in_failed",
             user_id=user.id if user else None,

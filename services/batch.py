@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from db.models import LineItem, Shipment
 from db.models import Prediction as PredictionRow
-from db.photos import store_photo
+from db.photos import PhotoPathError, resolve_photo, store_photo
 from db.queries import add_audit_event, create_line_item, get_or_create_shipment, latest_prediction, record_prediction
 from hs_core.limits import sniff_image
 from hs_model.batch import (
@@ -42,7 +42,7 @@ from hs_model.batch import (
     seconds_left,
 )
 from services.auth import Actor, refresh_actor, require_role
-from services.classify import MAX_REF_CHARS, RecordedClassification, candidate_rows
+from services.classify import MAX_REF_CHARS, RecordedClassification, UploadedPhoto, candidate_rows
 from services.decisions import SUBMITTERS
 from services.errors import InvalidInput, NotFound, PermissionDenied
 
@@ -509,9 +509,14 @@ def stored_prediction(row: PredictionRow, item: LineItem, review_threshold: floa
 
 
 def open_line_item(
-    session: Session, actor: Actor | None, line_item_id: int, review_threshold: float = 0.5
+    session: Session,
+    actor: Actor | None,
+    line_item_id: int,
+    review_threshold: float = 0.5,
+    photo_root: Path | None = None,
 ) -> RecordedClassification:
-    """A stored line item and its latest prediction, as the Classify screen shows a fresh classification.
+    """A stored line item and its latest prediction, as the Classify screen shows a fresh classification, with
+    its stored photos (a photo missing from the store, or outside it, is left out and logged).
 
     Brokers open their own items; admins any.
 
@@ -529,4 +534,14 @@ def open_line_item(
     if pred is None:
         raise NotFound(f"Line item #{line_item_id} has no prediction yet.")
     prediction = stored_prediction(pred, item, review_threshold)
-    return RecordedClassification(line_item_id=item.id, prediction_id=pred.id, prediction=prediction)
+    photos = []
+    for photo in item.photos:
+        try:
+            photos.append(
+                UploadedPhoto(f"photo {photo.position + 1}", resolve_photo(photo_root, photo.path).read_bytes())
+            )
+        except (PhotoPathError, OSError) as exc:
+            log.warning("line item %s: stored photo %s not readable: %s", item.id, photo.id, exc)
+    return RecordedClassification(
+        line_item_id=item.id, prediction_id=pred.id, prediction=prediction, photos=tuple(photos)
+    )

@@ -20,6 +20,7 @@ from hs_core.nomenclature import HsCode, InvalidCode, PathNode, get_nomenclature
 from hs_core.settings import get_settings
 from hs_model.errors import InputError
 from hs_model.images import load_image
+from hs_model.trade_names import get_trade_names
 from services import decisions
 from services.auth import Actor, refresh_actor, require_role
 from services.decisions import SUBMITTERS, format_code
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "MAX_DESCRIPTION_CHARS",
+    "MAX_PHOTO_MB",
     "MAX_PHOTOS",
     "MAX_REF_CHARS",
     "ClassifyResult",
@@ -53,6 +55,7 @@ __all__ = [
 
 MAX_DESCRIPTION_CHARS = LIMITS.max_text_chars
 MAX_PHOTOS = LIMITS.max_images
+MAX_PHOTO_MB = LIMITS.max_image_bytes // (1024 * 1024)  # 20: what the photo uploader announces
 MAX_REF_CHARS = 64  # shipments.reference and line_items.line_ref are String(64)
 CARD_FILE = "card.json"
 
@@ -81,6 +84,7 @@ class RecordedClassification:
     line_item_id: int
     prediction_id: int
     prediction: Prediction
+    photos: tuple[UploadedPhoto, ...] = ()  # the stored photos, when a stored line item is reopened
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class CodeOption:
     code: str
     formatted: str
     description: str
+    source: str = ""  # why it is offered beyond the official text: 'trade name "rucksacks"', 'model 34%'
 
 
 def resolve_model_dir() -> tuple[Path | None, str | None]:
@@ -307,12 +312,36 @@ def _subheadings_under(code: HsCode) -> Iterator[HsCode]:
         yield from _subheadings_under(child)
 
 
-def search_subheadings(query: str, limit: int = 20) -> list[CodeOption]:
-    """Subheadings matching a code, code prefix or words; a chapter or heading hit brings its subheadings."""
+def search_subheadings(query: str, limit: int = 20, classifier: Classifier | None = None) -> list[CodeOption]:
+    """Subheadings matching a code, code prefix or words; a chapter or heading hit brings its subheadings.
+
+    Then the trade names and synonyms shipped in ``assets/search_terms.json.gz`` ("rucksack", "phone case"),
+    then, with a ``classifier``, the model's own best subheadings for the words typed (so "sneakers" finds
+    footwear though no official text says it). Each code is offered once, official hits first.
+    """
+    nomenclature = get_nomenclature()
     options: dict[str, CodeOption] = {}
-    for hit in get_nomenclature().search(query, limit=limit):
+    for hit in nomenclature.search(query, limit=limit):
         for code in _subheadings_under(hit):
             if len(options) >= limit:
                 return list(options.values())
             options.setdefault(code.digits, CodeOption(code.digits, code.formatted, code.description))
+    words = query.strip()
+    if not words or words.replace(".", "").replace(" ", "").isdigit():
+        return list(options.values())
+    for found in get_trade_names().find(words, limit=limit):
+        if len(options) >= limit:
+            return list(options.values())
+        if found.code not in options and nomenclature.is_valid(found.code):
+            code = HsCode.parse(found.code)
+            options[found.code] = CodeOption(found.code, code.formatted, code.description, f"trade name “{found.term}”")
+    if classifier is not None and len(options) < limit:
+        try:
+            ranked = classifier.predict(words, [], top_k=5).levels[6]
+        except InputError:
+            ranked = []
+        for c in ranked:
+            if c.code not in options and len(options) < limit:
+                code = HsCode.parse(c.code)
+                options[c.code] = CodeOption(c.code, code.formatted, code.description, f"model {c.score:.0%}")
     return list(options.values())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
@@ -19,6 +19,7 @@ from db.queries import (
     latest_prediction,
 )
 from db.queries import review_queue as _review_queue
+from db.worklists import subheading_scores
 from hs_core.nomenclature import HsCode, InvalidCode, format_digits
 from hs_core.text import clean_text
 from services.auth import Actor, refresh_actor, require_role
@@ -149,7 +150,8 @@ def submit(
     Raises:
         PermissionDenied: Not signed in or wrong role.
         NotFound: No such line item.
-        InvalidInput: Bad code, foreign prediction, or the item is already submitted or final.
+        InvalidInput: Bad code, foreign prediction, the item is already submitted or final, or no justification
+            for a code other than the model's first choice.
     """
     actor = refresh_actor(session, require_role(actor, *SUBMITTERS, action="submit classifications"))
     item = _lock_item(session, line_item_id)
@@ -158,9 +160,15 @@ def submit(
         raise InvalidInput(f"Line item {item.id} {_describe(state)}.")
     code = normalise_code(code, valid_code)
     prediction = _prediction_for(session, item.id, prediction_id)
-    return _record(
-        session, actor, item, kind="submitted", code=code, comment=_comment(justification), prediction=prediction
-    )
+    top = prediction.top_code if prediction is not None else None
+    required = None
+    if top is not None and code != top:
+        required = (
+            f"{format_code(code)} is not the model's first choice ({format_code(top)}): say why in the "
+            "justification, so the reviewer sees your reason beside the difference."
+        )
+    text = _comment(justification, required=required)
+    return _record(session, actor, item, kind="submitted", code=code, comment=text, prediction=prediction)
 
 
 def _start_review(session: Session, actor: Actor | None, line_item_id: int, action: str) -> tuple[LineItem, ItemState]:
@@ -237,13 +245,41 @@ def reject(session: Session, actor: Actor | None, line_item_id: int, reason: str
     return _record(session, actor, item, kind="rejected", code=None, comment=text, prediction=prediction)
 
 
-def is_agreement(submitted_code: str | None, model_top_code: str | None, needs_review: bool | None) -> bool:
+AGREEMENT_MIN_SCORE = 0.60  # the subheading probability a bulk-approvable agreement needs (the review threshold)
+NEAR_TIE_TOP = 0.80  # below this, a runner-up in the same heading with at least half the best's probability ...
+NEAR_TIE_RATIO = 0.5  # ... is a near tie: the model cannot tell the two subheadings apart
+
+
+def near_tie(subheadings: Sequence[tuple[str, float]]) -> bool:
+    """Whether the best two subheadings ``(code, probability)`` (best first) are a near tie inside one heading.
+
+    The model decides headings well and the subheadings inside a heading much less well (they often differ only
+    by material), so a runner-up of the same heading close to the best one means the 6-digit choice is open.
+    """
+    if len(subheadings) < 2:
+        return False
+    (top, top_score), (second, second_score) = subheadings[0], subheadings[1]
+    return top[:4] == second[:4] and top_score < NEAR_TIE_TOP and second_score >= NEAR_TIE_RATIO * top_score
+
+
+def is_agreement(
+    submitted_code: str | None, subheadings: Sequence[tuple[str, float]], needs_review: bool | None
+) -> bool:
     """Whether a submission is a high-confidence agreement, the kind that may be approved in bulk.
 
-    The broker submitted the model's best subheading, and the model was confident: its prediction is not
-    flagged for review (the calibrated heading score reached the review threshold).
+    Confident at the level that is submitted (6 digits): the broker submitted the model's best subheading, that
+    subheading's own probability reaches `AGREEMENT_MIN_SCORE`, it is no near tie with the runner-up (`near_tie`),
+    and the prediction is not flagged for review (the heading reached the review threshold).
+
+    Args:
+        submitted_code: The broker's 6 digits.
+        subheadings: The model's subheadings ``(code, probability)``, best first (at least the best two).
+        needs_review: The prediction's flag.
     """
-    return submitted_code is not None and submitted_code == model_top_code and needs_review is False
+    if submitted_code is None or not subheadings or needs_review is not False:
+        return False
+    top, score = subheadings[0]
+    return submitted_code == top and score >= AGREEMENT_MIN_SCORE and not near_tie(subheadings)
 
 
 @dataclass(frozen=True)
@@ -279,10 +315,13 @@ def approve_agreements(
             with session.begin_nested():
                 item, state = _start_review(session, actor, item_id, "approve classifications")
                 prediction = latest_prediction(session, item.id)
-                top, unsure = (prediction.top_code, prediction.needs_review) if prediction else (None, None)
-                if not is_agreement(state.submitted_code, top, unsure):
+                sixes, unsure = (
+                    (subheading_scores(prediction.candidates), prediction.needs_review) if prediction else ((), None)
+                )
+                if not is_agreement(state.submitted_code, sixes, unsure):
                     raise InvalidInput(
-                        f"Line item {item.id} is not a high-confidence agreement with the model; review it on its own."
+                        f"Line item {item.id} is not a high-confidence agreement with the model (the same subheading, at "
+                        f"least {AGREEMENT_MIN_SCORE:.0%}, no near tie); review it on its own."
                     )
                 code = state.submitted_code
                 decision = _record(

@@ -286,20 +286,23 @@ def activate(
     return ActivationResult(record.id, current.id if current else None, override, text)
 
 
-def rollback(session: Session, actor: Actor | None) -> ActivationResult:
-    """Go back to the version that was active before the current one.
+def rollback(session: Session, actor: Actor | None, reason: str = "") -> ActivationResult:
+    """Go back to the version that was active before the current one; the reason is required and recorded.
 
     Raises:
         PermissionDenied: Not an admin.
-        InvalidInput: There is no earlier version.
+        InvalidInput: There is no earlier version, or no reason.
         ModelIntegrityError: The earlier version's files do not match their recorded hash.
     """
     actor = _admin(session, actor, "roll back the model")
+    reason = _clean_reason(reason)
+    if not reason:
+        raise InvalidInput("Give a reason for the roll back.")
     current = model_versions.active_version(session)
     target = model_versions.previous_active(session)
     if current is None or target is None:
         raise InvalidInput("There is no earlier version to roll back to.")
-    text = f"{model_versions.ROLLBACK_PREFIX} from {current.id}"
+    text = f"{model_versions.ROLLBACK_PREFIX} from {current.id}: {reason}"
     try:
         model_registry.activate(session, target, user_id=actor.user_id, username=actor.username, reason=text)
     except CheckpointError as exc:

@@ -121,8 +121,8 @@ class ItemDetail:
     @property
     def agrees_with_model(self) -> bool:
         """The submission is a high-confidence agreement (see `services.decisions.is_agreement`)."""
-        top = self.model_top
-        return is_agreement(self.submitted_code, top.code if top else None, self.needs_review)
+        sixes = tuple((c.code, c.score) for c in self.candidates.get(6, ())[:2])
+        return is_agreement(self.submitted_code, sixes, self.needs_review)
 
 
 @dataclass(frozen=True)

@@ -195,6 +195,12 @@ def test_submit_another_code_found_by_search(app_db, fake_classifier):
     at.text_input(key="classify_search").input("6109").run()
     at.selectbox(key="classify_pick").select("610990").run()
     at.button(key="classify_submit").click().run()
+    # not the model's first choice: a justification is required (issue 12 point 12), nothing is stored without
+    assert "not the model's first choice" in at.error[0].value
+    with app_db.factory() as session:
+        assert session.scalars(select(Decision.code)).first() is None
+    at.text_area(key="classify_justification").input("Synthetic fibres on the label.").run()
+    at.button(key="classify_submit").click().run()
     assert not at.exception and not at.error
     with app_db.factory() as session:
         assert session.scalars(select(Decision.code)).one() == "610990"

@@ -149,7 +149,7 @@ def test_a_download_holds_exactly_the_filtered_rows_and_is_audited(app_db, histo
     csv_button, jsonl_button, _ = at.get("download_button")
     lines = download(media, csv_button).decode().splitlines()
     assert len(lines) == 2 and lines[0].startswith("decision_id,decided_at,kind,code")
-    assert ",submitted,610510," in lines[1] and ",bob,broker," in lines[1]
+    assert ',submitted,"=""6105.10""",' in lines[1] and ",bob,broker," in lines[1]
     assert len(download(media, jsonl_button).decode().splitlines()) == 1
     with app_db.factory() as session:
         events = session.scalars(select(AuditEvent).where(AuditEvent.action == "export")).all()

@@ -42,8 +42,9 @@ def test_explain_panel_shows_heatmaps_words_contrast_and_no_precedents(app_db, f
 
     calls = []
 
-    def fake_explain(classifier, actor, *, text, photos, code, level=6, method="integrated_gradients", **_):
+    def fake_explain(classifier, actor, *, text, photos, code, level=6, method="integrated_gradients", **kw):
         calls.append((code, method))
+        assert kw == {"with_contrast": False, "redo_missed_completeness": False}  # fast first answer (point 7)
         return ExplanationView(
             code=code,
             level=level,
@@ -53,6 +54,11 @@ def test_explain_panel_shows_heatmaps_words_contrast_and_no_precedents(app_db, f
         )
 
     monkeypatch.setattr(explanations, "explain_candidate", fake_explain)  # the page imports it on every run
+    monkeypatch.setattr(
+        explanations,
+        "explain_runner_up",
+        lambda *a, code, **kw: calls.append(("versus", code)) or attribution(code, "610510"),
+    )
 
     at = classify(signed_in(app_db), "men's knitted cotton T-shirt")
     assert not calls  # nothing computed until asked
@@ -61,6 +67,10 @@ def test_explain_panel_shows_heatmaps_words_contrast_and_no_precedents(app_db, f
     assert calls == [("610910", "integrated_gradients")]
     markdown = " ".join(m.value for m in at.markdown)
     assert "What points to **6109.10**" in markdown or "What points to 6109.10" in markdown
+    assert "rather than 6105.10" not in markdown  # the comparison comes on demand
+    at.button(key="classify_contrast_run").click().run()
+    assert calls[-1] == ("versus", "610910")
+    markdown = " ".join(m.value for m in at.markdown)
     assert "rather than 6105.10" in markdown
     assert "Heading **6109**" in markdown
     assert any("No precedents yet" in c.value for c in at.caption)

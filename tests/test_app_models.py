@@ -68,10 +68,12 @@ class FakeModels:
         self._switch(version_id)
         return ActivationResult(version_id, "ft-1", override, reason)
 
-    def rollback(self, session, actor):
-        self.calls.append(("rollback",))
+    def rollback(self, session, actor, reason=""):
+        self.calls.append(("rollback", reason))
+        if not reason.strip():
+            raise InvalidInput("Give a reason for the roll back.")
         self._switch("shipped")
-        return ActivationResult("shipped", "ft-1", False, "roll back from ft-1")
+        return ActivationResult("shipped", "ft-1", False, f"roll back from ft-1: {reason}")
 
     def _switch(self, version_id: str) -> None:
         self.versions = [replace(v, active=v.id == version_id) for v in self.versions]
@@ -169,12 +171,33 @@ def test_a_version_kept_back_needs_override_with_a_reason(fake):
     assert "Override recorded" in at.success[0].value and at.metric[0].value == "ft-2"
 
 
-def test_roll_back(fake):
+def test_roll_back_asks_for_a_confirmation_and_a_reason(fake):
+    """Issue 12 point 9: roll back is audited with a reason, like an override, and confirmed first."""
     at = page()
+    at.text_input(key="models_rb_reason").input("ft-1 misreads footwear")
     at.button(key="models_rollback").click().run()
-    assert fake.calls == [("rollback",)]
+    assert fake.calls == [] and at.error[0].value == "Tick the confirmation to roll back."
+    at.checkbox(key="models_rb_confirm").check()
+    at.text_input(key="models_rb_reason").input("")
+    at.button(key="models_rollback").click().run()
+    assert fake.calls == [("rollback", "")] and "Give a reason" in at.error[0].value
+    at.text_input(key="models_rb_reason").input("ft-1 misreads footwear")
+    at.button(key="models_rollback").click().run()
+    assert fake.calls[-1] == ("rollback", "ft-1 misreads footwear")
     assert "shipped is now active" in at.success[0].value.replace("\\", "")
     assert at.metric[0].value == "shipped"
+
+
+def test_the_served_models_card_metrics_fill_its_row_and_decisions_are_text(fake, monkeypatch):
+    from types import SimpleNamespace
+
+    card = SimpleNamespace(metrics={"validation_top1": {"uk-val": 0.2414, "myntra-full": 0.9819}}, kind="trained")
+    served = SimpleNamespace(version="shipped", card=card)
+    monkeypatch.setattr(common, "classifier", lambda: (served, None))
+    frame = page().dataframe[0].value
+    row = frame[frame["Version"] == "shipped"].iloc[0]
+    assert row["Card (validation top-1)"] == "myntra-full 98.2%, uk-val 24.1%"
+    assert list(frame["Decisions"]) == ["120", "120", "—"]  # one type per column: no pyarrow conversion error
 
 
 @pytest.mark.parametrize("actor", [Actor(2, "rey", "reviewer"), None])

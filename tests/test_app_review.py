@@ -39,7 +39,7 @@ def submitted_item(
     *,
     broker: str = "bea",
     shipment: str | None = None,
-    justification: str = "",
+    justification: str = "Checked against the label.",
     photo: bool = False,
     needs_review: bool = False,
 ) -> int:
@@ -109,7 +109,10 @@ def test_reviewer_sees_photos_candidates_choice_and_justification(app_db):
     page = texts(at)
     assert f"Line item #{item_id}" in page
     assert "6105.10" in page and "Has a <b>collar</b>." in page  # the broker's code; the justification as plain text
-    assert "The model's best subheading is 6109.10 (62%)." in page
+    # the justification beside the difference (issue 12 point 12)
+    assert (
+        "the model's best subheading is 6109.10 (62%); the broker chose 6105.10 because: “Has a <b>collar</b>.”" in page
+    )
     assert "shipment S-1" in page
     assert "bea (broker): submitted **6105.10**" in page  # the history
     candidates = at.dataframe[0].value
@@ -140,7 +143,7 @@ def test_correction_with_the_code_picker_needs_a_reason_and_moves_on(app_db):
     first = submitted_item(app_db, "610510")
     second = submitted_item(app_db, "610910")
     at = sign_in(app_db, "rita", "reviewer")
-    at.segmented_control(key="review_action").set_value("Correct").run()
+    at.segmented_control(key=f"review_action_{first}").set_value("Correct").run()
     # Before anything is typed the picker offers the model's other candidates.
     assert at.selectbox(key=f"review_pick_{first}").options == [
         "6109.10 — T-shirts, singlets and other vests; of cotton, knitted or crocheted (model 62%)",
@@ -165,13 +168,15 @@ def test_correction_with_the_code_picker_needs_a_reason_and_moves_on(app_db):
     )
     assert "corrected as 6109.90" in plain(at.success[0])
     assert at.selectbox(key="review_item").value == second  # on to the next item, with a fresh form
-    assert at.text_area(key=f"review_reason_{second}").value == ""
+    # the next item starts from Approve, not from the last item's Correct (issue 12 point 11)
+    assert at.segmented_control(key=f"review_action_{second}").value == "Approve"
+    assert at.text_input(key=f"review_comment_{second}").value == ""
 
 
 def test_correcting_to_the_submitted_code_is_refused(app_db):
     item_id = submitted_item(app_db, "610910")
     at = sign_in(app_db, "rita", "reviewer")
-    at.segmented_control(key="review_action").set_value("Correct").run()
+    at.segmented_control(key=f"review_action_{item_id}").set_value("Correct").run()
     at.text_input(key=f"review_search_{item_id}").input("6109.10").run()
     at.selectbox(key=f"review_pick_{item_id}").set_value("610910")
     at.text_area(key=f"review_reason_{item_id}").input("same")
@@ -183,7 +188,7 @@ def test_correcting_to_the_submitted_code_is_refused(app_db):
 def test_reject_sends_it_back_and_the_broker_resubmits(app_db):
     item_id = submitted_item(app_db, "610510")
     at = sign_in(app_db, "rita", "reviewer")
-    at.segmented_control(key="review_action").set_value("Reject").run()
+    at.segmented_control(key=f"review_action_{item_id}").set_value("Reject").run()
     at.button(key="review_reject").click().run()
     assert [plain(e) for e in at.error] == ["Give a reason for the rejection."]
     at.text_area(key=f"review_reject_reason_{item_id}").input("Photo missing; cannot tell the material.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import subprocess
@@ -381,7 +382,9 @@ def test_results_csv_is_formula_safe_with_bom():
     data = results_csv(_records())
     assert data.startswith(b"\xef\xbb\xbf")
     text = data.decode("utf-8-sig")
-    assert "'=HYPERLINK(1),'=1+1 cotton" in text and ",010121," in text
+    assert "'=HYPERLINK(1),'=1+1 cotton" in text and ',"=""0101.21""",' in text  # Excel keeps ="0101.21" text
+    row = next(csv.DictReader(io.StringIO(text)))
+    assert row["code_1"] == '="0101.21"' and row["line_ref"] == "'=HYPERLINK(1)"
     assert text.splitlines()[2].endswith("bad photo")
 
 
@@ -391,10 +394,22 @@ def test_results_xlsx_opens_and_keeps_codes_as_text():
     sheet = load_workbook(io.BytesIO(results_xlsx(_records()))).active
     header = [c.value for c in sheet[1]]
     row = dict(zip(header, [c.value for c in sheet[2]], strict=True))
-    assert row["code_1"] == "010121" and row["line_ref"] == "=HYPERLINK(1)"
+    assert row["code_1"] == "0101.21" and row["line_ref"] == "=HYPERLINK(1)"
     assert sheet["B2"].data_type == "s"  # stored as text, never a formula
     assert isinstance(row["score_1"], float) and row["needs_review"] in ("yes", "no")
     assert dict(zip(header, [c.value for c in sheet[3]], strict=True))["error"] == "bad photo"
+
+
+def test_results_xlsx_has_widths_a_header_filter_and_a_frozen_header():
+    """Issue 12 point 8: ready to read in Excel without fiddling."""
+    from openpyxl import load_workbook
+
+    sheet = load_workbook(io.BytesIO(results_xlsx(_records()))).active
+    assert sheet.freeze_panes == "A2"
+    assert sheet.auto_filter.ref == sheet.dimensions and sheet.auto_filter.ref.startswith("A1:")
+    widths = {c: sheet.column_dimensions[c].width for c in ("A", "C", "E")}  # line, description, code_1
+    assert 8 <= widths["A"] < widths["C"] <= 60 and widths["E"] >= len("code_1")
+    assert all(c.font.bold for c in sheet[1])
 
 
 def test_time_left_estimate():
@@ -535,14 +550,19 @@ def test_only_brokers_and_admins_run_batches_and_a_shipment_is_required(app_db, 
 
 
 def test_open_line_item_rebuilds_the_prediction(app_db, broker):
+    from db.models import LineItem
     from services.batch import open_line_item, run_batch
 
     result = run_batch(transact_for(app_db), FakeBatchClassifier(), broker, upload(2, bad_row=False),
                        shipment_ref="S", photo_root=app_db.photo_dir)  # fmt: skip
     record = result.records[1]
     with app_db.factory() as session:
-        recorded = open_line_item(session, broker, record["line_item_id"], 0.5)
+        recorded = open_line_item(session, broker, record["line_item_id"], 0.5, photo_root=app_db.photo_dir)
+        stored = session.get(LineItem, record["line_item_id"]).photos
     assert recorded.line_item_id == record["line_item_id"]
+    # the line comes with its photos, as stored (issue 12 point 2)
+    assert [hashlib.sha256(p.data).hexdigest() for p in recorded.photos] == [p.sha256 for p in stored]
+    assert len(recorded.photos) == 1 and recorded.photos[0].name == "photo 1"
     assert recorded.prediction.levels[6][0].code == record["code_1"]
     assert recorded.prediction.modality == "both" and recorded.prediction.needs_review == record["needs_review"]
 

@@ -405,7 +405,7 @@ def test_service_finetune_then_the_app_serves_the_new_version(factory, model_env
     assert rows[result.version_id].active and rows["tiny-shipped"].rollback_target
     assert rows[result.version_id].decisions == 60 and rows[result.version_id].parent_id == "tiny-shipped"
     with factory.begin() as session:
-        back = models.rollback(session, actor)
+        back = models.rollback(session, actor, "the new version misreads footwear")
         assert back.version_id == "tiny-shipped" and models.active_model_dir(session) == first
 
 
@@ -453,8 +453,10 @@ def test_service_refuses_with_clear_messages(factory, model_env):
         models.run_finetune(factory, actor, model_env.classifier, cfg=TINY_CFG)
     with factory.begin() as session:
         models.list_versions(session, actor)
+        with pytest.raises(InvalidInput, match="Give a reason"):
+            models.rollback(session, actor, "  ")
         with pytest.raises(InvalidInput, match="no earlier version"):
-            models.rollback(session, actor)
+            models.rollback(session, actor, "why not")
         with pytest.raises(InvalidInput, match="already the active"):
             models.activate(session, actor, "tiny-shipped")
         with pytest.raises(models.NotFound):

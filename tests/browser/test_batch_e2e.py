@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -14,8 +16,8 @@ import pytest
 from sqlalchemy import select
 
 from db.models import AuditEvent, LineItem, Photo, Shipment
-from tests.browser.helpers import MODEL_TIMEOUT_MS, PASSWORD, product_photo
-from tests.ui import needs_chromium
+from tests.browser.helpers import MODEL_TIMEOUT_MS, PASSWORD, SCREENSHOTS, product_photo
+from tests.ui import needs_chromium, screenshot_full_app
 
 pytestmark = pytest.mark.browser
 
@@ -62,12 +64,15 @@ def test_broker_runs_a_batch_and_downloads_the_results(app_db, page, tmp_path):
         "classified and stored under shipment", timeout=MODEL_TIMEOUT_MS
     )
 
+    if os.environ.get("HS_SCREENSHOTS") == "1":
+        screenshot_full_app(page, SCREENSHOTS / "batch.png")
     with page.expect_download(timeout=60_000) as download:
         page.get_by_role("button", name="Download CSV").click()
     rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8-sig"))))
     assert [r["line_ref"] for r in rows] == ["L-1", "L-2", "L-3"]
     assert [r["status"] for r in rows] == ["classified", "classified", "not run"]
-    assert len(rows[0]["code_1"]) == 6 and rows[0]["code_1"].isdigit() and len(rows[0]["heading"]) == 4
+    # codes as text a spreadsheet keeps: ="6109.10", ="6109" (issue 12 point 8)
+    assert re.fullmatch(r'="\d{4}\.\d{2}"', rows[0]["code_1"]) and re.fullmatch(r'="\d{4}"', rows[0]["heading"])
     assert "not-in-zip.jpg" in rows[2]["error"]
 
     with page.expect_download(timeout=60_000) as download:
@@ -88,3 +93,12 @@ def test_broker_runs_a_batch_and_downloads_the_results(app_db, page, tmp_path):
     assert [(i.line_ref, i.shipment_id) for i in items] == [("L-1", shipment_row.id), ("L-2", shipment_row.id)]
     assert shipment_row.reference == "SHIP-E2E" and len(photos) == 1
     assert sorted(e["format"] for e in exports) == ["csv", "xlsx"]  # every download is audited
+    # L-1 opened in Classify comes with its stored photo (issue 12 point 2), shown and used for explanations
+    page.get_by_role("button", name="Open in Classify").click()
+    expect(page.get_by_role("heading", name="Classify a product")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text(f"The photos stored with line item #{items[0].id}")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("Stored as line item")).to_contain_text("1 photo (photo 1)")
+    expect(page.get_by_label("Product description")).to_have_value("men's knitted cotton T-shirt")
+    panel = page.locator("[data-testid='stExpander']").filter(has_text="Why these codes?")
+    panel.get_by_text("Why these codes?").click()
+    expect(panel.get_by_role("radio").first).to_be_enabled()  # the photo method: there is a photo to explain

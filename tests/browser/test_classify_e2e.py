@@ -51,7 +51,7 @@ def test_broker_classifies_and_submits(app_db, page, tmp_path):
     choice = options.nth(1)  # the second candidate, not the default
     chosen = re.search(r"\d{4}\.\d{2}", choice.inner_text()).group(0).replace(".", "")
     choice.click()
-    justification = page.get_by_label("Justification (optional)")
+    justification = page.get_by_label("Justification", exact=True)
     justification.fill("Knitted cotton, crew neck, short sleeves.")
     justification.press("Control+Enter")
     page.get_by_role("button", name="Submit", exact=True).click()

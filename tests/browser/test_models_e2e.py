@@ -7,18 +7,21 @@ Serves ``app.py`` with the real zero-shot towers, a model registry under tmp_pat
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from db import model_versions
+from db.models import ModelActivation
 from db.queries import find_user
 from hs_train.finetune import FinetuneConfig
 from services import decisions
 from services.auth import Actor
-from tests.browser.helpers import MODEL_TIMEOUT_MS, PASSWORD
-from tests.ui import chromium, needs_chromium, streamlit_app
+from tests.browser.helpers import MODEL_TIMEOUT_MS, PASSWORD, SCREENSHOTS
+from tests.ui import chromium, needs_chromium, screenshot_full_app, streamlit_app
 
 pytestmark = pytest.mark.browser
 
@@ -85,13 +88,20 @@ WATCH_PROGRESS = """
 """
 
 
+def roll_back(page) -> None:
+    """Roll back as an admin must: a reason and a confirmation (issue 12 point 9)."""
+    page.get_by_label("Reason for the roll back (required; recorded in the audit trail)").fill("test: back to base")
+    page.get_by_text("Yes, switch everyone back to zero-shot-v1").click()
+    page.get_by_role("button", name="Roll back to zero-shot-v1").click()
+
+
 def active_version(app_db) -> str:
     with app_db.factory() as session:
         return model_versions.active_version(session).id
 
 
 @needs_chromium
-def test_admin_finetunes_activates_and_rolls_back(app_db, page):
+def test_admin_finetunes_activates_and_rolls_back(app_db, page, tmp_path):
     from playwright.sync_api import expect
 
     seed(app_db)
@@ -127,16 +137,22 @@ def test_admin_finetunes_activates_and_rolls_back(app_db, page):
         page.get_by_role("button", name="Activate", exact=True).click()
         expect(page.get_by_text("Override recorded")).to_be_visible(timeout=60_000)
         assert active_version(app_db) == new_version
-        page.get_by_role("button", name="Roll back to zero-shot-v1").click()
+        roll_back(page)
     else:
-        page.get_by_role("button", name="Roll back to zero-shot-v1").click()
+        roll_back(page)
         expect(page.get_by_text("zero-shot-v1 is now active")).to_be_visible(timeout=60_000)
         assert active_version(app_db) == "zero-shot-v1"
         page.get_by_role("button", name="Activate", exact=True).click()
         expect(page.get_by_text(f"{new_version} is now active")).to_be_visible(timeout=60_000)
         assert active_version(app_db) == new_version
-        page.get_by_role("button", name="Roll back to zero-shot-v1").click()
+        roll_back(page)
     expect(page.get_by_text("zero-shot-v1 is now active")).to_be_visible(timeout=60_000)
     assert active_version(app_db) == "zero-shot-v1"
     expect(metrics.nth(0)).to_have_text("zero-shot-v1")
     expect(page.locator("[data-testid='stException']")).to_have_count(0)
+    with app_db.factory() as session:
+        reasons = [a.reason for a in session.scalars(select(ModelActivation).order_by(ModelActivation.id))]
+    assert reasons[-1] == f"roll back from {new_version}: test: back to base"  # audited with its reason
+    if os.environ.get("HS_SCREENSHOTS") == "1":
+        screenshot_full_app(page, SCREENSHOTS / "models.png")
+    assert "Traceback" not in (tmp_path / "streamlit.log").read_text()  # e.g. pyarrow on a mixed-type column

@@ -72,7 +72,7 @@ def broker_submits_a_shirt(ui, tmp_path: Path) -> None:
     search.press("Enter")
     picked = ui.get_by_role("combobox", name="Subheading", exact=True)
     expect(picked).to_have_value(re.compile(r"^6105\.10 — Shirts; men's or boys', of cotton"), timeout=30_000)
-    justification = ui.get_by_label("Justification (optional)")
+    justification = ui.get_by_label("Justification", exact=True)
     justification.fill(JUSTIFICATION)
     justification.press("Control+Enter")
     ui.get_by_role("button", name="Submit", exact=True).click()
@@ -86,7 +86,9 @@ def reviewer_corrects_to_a_t_shirt(ui) -> None:
     sign_in(ui, "rita", "Review submitted codes")
     expect(ui.get_by_text("Line item #1", exact=True)).to_be_visible(timeout=60_000)
     expect(ui.locator("[data-testid='stImage']").first).to_be_visible(timeout=30_000)
-    expect(ui.locator("[data-testid='stText']").filter(has_text=JUSTIFICATION)).to_be_visible()
+    # the broker's reason beside the difference from the model's first choice (issue 12 point 12)
+    differs = ui.locator("[data-testid='stAlertContentInfo']").filter(has_text="Differs from the model")
+    expect(differs).to_contain_text(f"the broker chose 6105.10 because: “{JUSTIFICATION}”")
     ui.get_by_role("radiogroup", name="Decision").get_by_role("radio", name="Correct").click()
     search = ui.get_by_label("Find the right subheading (code or words; Enter to search)")
     expect(search).to_be_visible(timeout=30_000)
@@ -143,8 +145,8 @@ def test_broker_submits_reviewer_corrects_admin_exports(app_db, page, tmp_path):
 
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [(r["kind"], r["code"], r["username"], r["role"], r["comment"]) for r in rows] == [
-        ("submitted", "610510", "bea", "broker", JUSTIFICATION),
-        ("corrected", "610910", "rita", "reviewer", REASON),
+        ("submitted", '="6105.10"', "bea", "broker", JUSTIFICATION),
+        ("corrected", '="6109.10"', "rita", "reviewer", REASON),
     ]
     assert {r["line_item_id"] for r in rows} == {"1"} and {r["model_version"] for r in rows} == {SHIPPED_VERSION}
     with app_db.factory() as session:

@@ -103,7 +103,7 @@ def test_csv_neutralises_formulas_jsonl_and_parquet_keep_them(factory):
         parquet_bytes, _ = export_decision_log(session, flt, "parquet")
     assert n_csv == n_jsonl == 1
     rows = list(csv.DictReader(io.StringIO(csv_bytes.decode("utf-8"))))
-    assert len(rows) == 1 and rows[0]["comment"] == "'" + INJECTION and rows[0]["code"] == "610910"
+    assert len(rows) == 1 and rows[0]["comment"] == "'" + INJECTION and rows[0]["code"] == '="6109.10"'
     records = [json.loads(line) for line in jsonl_bytes.decode("utf-8").splitlines()]
     assert len(records) == 1 and records[0]["comment"] == INJECTION and list(records[0]) == list(LOG_COLUMNS)
     table = pq.read_table(io.BytesIO(parquet_bytes))

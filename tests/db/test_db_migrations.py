@@ -26,6 +26,10 @@ EXPECTED_TABLES = {
     "model_activations",
     "audit_events",
     "broker_facts",
+    "auth_sessions",
+    "sign_in_guards",
+    "item_comments",
+    "line_item_versions",
     "alembic_version",
 }
 
@@ -42,6 +46,7 @@ def test_upgrade_on_fresh_file_creates_every_table(tmp_path: Path):
         assert {"decisions_no_update", "decisions_no_delete", "audit_events_no_update"} <= triggers
         assert version == "0003_broker_facts"
         assert {"broker_facts_no_update", "broker_facts_no_delete"} <= triggers
+        assert {"item_comments_no_update", "item_comments_no_delete"} <= triggers
     finally:
         engine.dispose()
 

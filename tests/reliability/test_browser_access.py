@@ -181,6 +181,7 @@ def test_the_reviewer_sees_stored_markup_as_text_and_nothing_runs(server, page):
     # queue failed on a busy machine, where the text stopped at "Line item #1 ... model's candidates".
     for typed in (SCRIPT, IMG, "javascript:window.__xss=3"):
         expect(main).to_contain_text(typed, timeout=60_000)  # shown as the characters that were typed
+    expect(page.get_by_role("button", name="Sign in")).to_have_count(0)  # no stale sign-in form left
     assert page.evaluate("window.__xss") is None  # no injected script or handler ran
     assert page.dialogs == []
     assert page.locator("[data-testid='stMain'] a[href^='javascript']").count() == 0

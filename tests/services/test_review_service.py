@@ -122,7 +122,7 @@ def logged(factory, actors, item_id) -> dict[str, int]:
         other = new_item(s, actors["broker2"], top="020110", shipment_id=shipment.id)
         decisions.submit(s, actors["broker"], item_id, "610910")
         decisions.approve(s, actors["reviewer"], item_id)
-        decisions.submit(s, actors["broker2"], other, "020110")
+        decisions.submit(s, actors["broker2"], other, "020110", "beef, not a shirt")
         decisions.reject(s, actors["reviewer2"], other, "which meat?")
     return {"first": item_id, "second": other}
 
@@ -168,7 +168,7 @@ def test_listed_filters_pin_the_export_to_what_was_shown(factory, actors, logged
     with factory() as s:
         listed = list_decisions(s, actors["admin"], DecisionFilter(username="bob"))
     with factory.begin() as s:  # bob decides again after the table was read
-        decisions.submit(s, actors["broker2"], logged["second"], "020120")
+        decisions.submit(s, actors["broker2"], logged["second"], "020120", "bone in")
     with factory.begin() as s:
         data = export_decisions(s, actors["admin"], listed.filters, "jsonl")
         fresh = list_decisions(s, actors["admin"], DecisionFilter(username="bob"))
@@ -211,7 +211,7 @@ def test_approve_agreements_approves_each_as_its_own_decision_and_refuses_the_re
         own = new_item(s, actors["admin"])
         for i in (*agree, unsure):
             decisions.submit(s, actors["broker"], i, "610910")
-        decisions.submit(s, actors["broker"], differs, "610990")
+        decisions.submit(s, actors["broker"], differs, "610990", "synthetic fibres")
         decisions.submit(s, actors["admin"], own, "610910")
     with factory.begin() as s:
         result = decisions.approve_agreements(s, actors["admin"], [*agree, differs, unsure, own, 999], "bulk")
@@ -283,3 +283,95 @@ def test_classifying_records_an_audit_event(factory, actors):
         "prediction_id": recorded.prediction_id,
         "model_version": "fake-v1",
     }
+
+
+def scored_item(session, actor, sixes, *, needs_review=False) -> int:
+    """A line item whose prediction ranks the given subheadings ``[(code, probability), ...]``."""
+    item = queries.create_line_item(session, description="bag", created_by=actor.user_id)
+    queries.record_prediction(
+        session,
+        line_item_id=item.id,
+        model_version="zs-test",
+        nomenclature_edition="HS2022",
+        latency_ms=5.0,
+        needs_review=needs_review,
+        candidates=[
+            {"level": 6, "rank": rank, "code": code, "description": "", "score": score}
+            for rank, (code, score) in enumerate(sixes, 1)
+        ]
+        + [{"level": 4, "rank": 1, "code": sixes[0][0][:4], "description": "", "score": 0.9}],
+    )
+    return item.id
+
+
+def test_bulk_approval_is_confident_only_at_six_digits_above_the_threshold_without_a_near_tie(factory, actors):
+    """Issue 12 point 3: a confident heading is not enough; 50 %, 41 % or a near tie at 6 digits is refused."""
+    cases = {
+        "confident": [("420292", 0.85), ("420222", 0.10)],
+        "half": [("420292", 0.50), ("640399", 0.20)],  # below the threshold, other heading
+        "near_tie": [("420292", 0.62), ("420222", 0.33)],  # same heading, runner-up over half of the best
+        "other_heading_close": [("420292", 0.62), ("640399", 0.35)],  # not a tie inside one heading
+    }
+    with factory.begin() as s:
+        ids = {name: scored_item(s, actors["broker"], sixes) for name, sixes in cases.items()}
+        for item_id in ids.values():
+            decisions.submit(s, actors["broker"], item_id, "420292")
+    with factory() as s:
+        queue = {q.line_item_id: q for q in decisions.review_queue(s, actors["reviewer"])}
+    agreeing = {
+        name for name, i in ids.items() if decisions.is_agreement(queue[i].code, queue[i].model_subheadings, False)
+    }
+    assert agreeing == {"confident", "other_heading_close"}
+    with factory.begin() as s:
+        result = decisions.approve_agreements(s, actors["reviewer"], list(ids.values()))
+    assert sorted(d.line_item_id for d in result.approved) == sorted([ids["confident"], ids["other_heading_close"]])
+    refused = dict(result.refused)
+    assert set(refused) == {ids["half"], ids["near_tie"]}
+    assert "no near tie" in refused[ids["near_tie"]]
+
+
+@pytest.mark.parametrize(
+    ("sixes", "needs_review", "expected"),
+    [
+        ([("610910", 0.60), ("610990", 0.29)], False, True),
+        ([("610910", 0.59), ("620520", 0.01)], False, False),
+        ([("610910", 0.70), ("610990", 0.35)], False, False),  # near tie inside heading 6109
+        ([("610910", 0.95)], True, False),  # flagged for review
+        ([("610910", 0.95)], None, False),  # no prediction flag
+        ([], False, False),
+    ],
+)
+def test_is_agreement(sixes, needs_review, expected):
+    assert decisions.is_agreement("610910", sixes, needs_review) is expected
+    assert decisions.is_agreement("610990", sixes, needs_review) is False
+
+
+# --- comment thread (issue 12 point 12) --------------------------------------------------------------------------
+
+
+def test_a_comment_thread_between_the_broker_and_reviewers_is_audited_and_append_only(factory, actors, item_id):
+    from db.models import AppendOnlyError, ItemComment
+    from services.comments import add_comment, item_comments
+
+    with factory.begin() as s:
+        add_comment(s, actors["reviewer"], item_id, "Is the lining leather?")
+        add_comment(s, actors["broker"], item_id, "  No:\x00 textile lining.  ")
+        with pytest.raises(PermissionDenied, match="only comment on the line items they classified"):
+            add_comment(s, actors["broker2"], item_id, "me too")
+        with pytest.raises(InvalidInput, match="Write the comment"):
+            add_comment(s, actors["reviewer"], item_id, "   ")
+        with pytest.raises(NotFound):
+            add_comment(s, actors["reviewer"], 999, "where?")
+    with factory() as s:
+        thread = item_comments(s, actors["admin"], item_id)
+        with pytest.raises(PermissionDenied):
+            item_comments(s, actors["broker2"], item_id)
+        audited = s.scalars(select(AuditEvent).where(AuditEvent.action == "comment")).all()
+    assert [(c.username, c.role, c.body) for c in thread] == [
+        ("rey", "reviewer", "Is the lining leather?"),
+        ("bea", "broker", "No:  textile lining."),
+    ]
+    assert [e.detail["line_item_id"] for e in audited] == [item_id, item_id]
+    with factory.begin() as s, pytest.raises(AppendOnlyError):
+        s.scalars(select(ItemComment)).first().body = "edited"
+        s.flush()

@@ -53,7 +53,7 @@ def test_submit_then_correct_keeps_the_submission(factory, actors, item_id):
 
 def test_submit_reject_submit_approve(factory, actors, item_id):
     with factory.begin() as s:
-        decisions.submit(s, actors["broker"], item_id, "610990")
+        decisions.submit(s, actors["broker"], item_id, "610990", "blend")
         decisions.reject(s, actors["reviewer"], item_id, "photo shows cotton")
         state = decisions.item_state(s, actors["broker"], item_id)
         assert (state.status, state.final_code, state.last_decision.code) == ("rejected", None, None)
@@ -208,3 +208,13 @@ def test_review_queue_lists_submitted_items_fifo(factory, actors, item_id):
         assert [q.line_item_id for q in approved] == [other]
         with pytest.raises(InvalidInput):
             decisions.review_queue(s, actors["admin"], QueueFilter(status="pending"))
+
+
+def test_a_code_other_than_the_models_first_choice_needs_a_justification(factory, actors, item_id):
+    """Issue 12 point 12: the reviewer sees why the broker departed from the model."""
+    with factory.begin() as s:
+        with pytest.raises(InvalidInput, match=r"6109\.90 is not the model's first choice \(6109\.10\)"):
+            decisions.submit(s, actors["broker"], item_id, "610990", "   ")
+        assert decisions.submit(s, actors["broker"], item_id, "610910").comment == ""  # the first choice: optional
+        decisions.reject(s, actors["reviewer"], item_id, "look again")
+        assert decisions.submit(s, actors["broker"], item_id, "610990", "50 % polyester").comment == "50 % polyester"

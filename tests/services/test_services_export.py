@@ -38,7 +38,7 @@ def test_export_formats_filters_and_audit(factory, actors, reviewed):
         data = export_decisions(s, admin, DecisionFilter(kinds=("corrected",)), "csv")
         rows = list(csv.DictReader(io.StringIO(data.decode())))
         assert [(r["kind"], r["code"], r["comment"], r["username"]) for r in rows] == [
-            ("corrected", "610990", "'+blend", "rey")
+            ("corrected", '="6109.90"', "'+blend", "rey")
         ]
         lines = export_decisions(s, admin, DecisionFilter(kinds=("submitted",)), "jsonl").decode().splitlines()
         assert [json.loads(line)["comment"] for line in lines] == [INJECTION]

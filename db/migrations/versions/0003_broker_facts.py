@@ -1,7 +1,7 @@
 """Broker-stated facts: answers to guided questions, stored with the line item (append-only).
 
 Revision ID: 0003_broker_facts
-Revises: 0001_initial
+Revises: 0002_broker_day
 Create Date: 2026-12-02
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0003_broker_facts"
-down_revision = "0001_initial"
+down_revision = "0002_broker_day"
 branch_labels = None
 depends_on = None
 
