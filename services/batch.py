@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from db.models import LineItem, Shipment
 from db.models import Prediction as PredictionRow
 from db.photos import PhotoPathError, resolve_photo, store_photo
-from db.queries import add_audit_event, create_line_item, get_or_create_shipment, latest_prediction, record_prediction
+from db.queries import add_audit_event, create_line_item, get_or_create_shipment, latest_prediction
 from hs_core.limits import sniff_image
 from hs_model.batch import (
     BATCH_LIMITS,
@@ -42,7 +42,7 @@ from hs_model.batch import (
     seconds_left,
 )
 from services.auth import Actor, refresh_actor, require_role
-from services.classify import MAX_REF_CHARS, RecordedClassification, UploadedPhoto, candidate_rows
+from services.classify import MAX_REF_CHARS, RecordedClassification, UploadedPhoto, store_prediction
 from services.decisions import SUBMITTERS
 from services.errors import InvalidInput, NotFound, PermissionDenied
 
@@ -450,15 +450,7 @@ def _store_chunk(
             photos=photos,
             embedding=embedding,
         )
-        record_prediction(
-            session,
-            line_item_id=item.id,
-            model_version=prediction.model_version,
-            nomenclature_edition=prediction.nomenclature_edition,
-            latency_ms=prediction.latency_ms,
-            needs_review=prediction.needs_review,
-            candidates=candidate_rows(prediction),
-        )
+        store_prediction(session, item.id, prediction)
         present[key] = item.id
         saved[row.line] = (item.id, True)
     new_ids = [item_id for item_id, fresh in saved.values() if fresh]

@@ -13,6 +13,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from db.models import Decision
+from db.models import Prediction as PredictionRow
 from db.photos import store_photo
 from db.queries import add_audit_event, create_line_item, get_or_create_shipment, record_prediction
 from hs_core.limits import LIMITS, sniff_image
@@ -168,6 +169,19 @@ def _check_storable(photos: Sequence[UploadedPhoto]) -> None:
             raise InvalidInput(f"{photo.name}: this image format cannot be stored; use JPEG, PNG or WebP.") from None
 
 
+def store_prediction(session: Session, line_item_id: int, prediction: Prediction) -> PredictionRow:
+    """Record a prediction of a line item with its candidates (what Classify, Batch and a revision store)."""
+    return record_prediction(
+        session,
+        line_item_id=line_item_id,
+        model_version=prediction.model_version,
+        nomenclature_edition=prediction.nomenclature_edition,
+        latency_ms=prediction.latency_ms,
+        needs_review=prediction.needs_review,
+        candidates=candidate_rows(prediction),
+    )
+
+
 def candidate_rows(prediction: Prediction) -> list[dict[str, Any]]:
     """A prediction's candidates as the rows the database stores (level, rank, code, description, score)."""
     return [
@@ -237,15 +251,7 @@ def classify_and_record(
         photos=stored,
         embedding=embedding,
     )
-    row = record_prediction(
-        session,
-        line_item_id=item.id,
-        model_version=prediction.model_version,
-        nomenclature_edition=prediction.nomenclature_edition,
-        latency_ms=prediction.latency_ms,
-        needs_review=prediction.needs_review,
-        candidates=candidate_rows(prediction),
-    )
+    row = store_prediction(session, item.id, prediction)
     audit = {"line_item_id": item.id, "prediction_id": row.id, "model_version": row.model_version}
     add_audit_event(session, action="classification", user_id=actor.user_id, username=actor.username, detail=audit)
     log.info("line item %s classified by %s: %s (%s)", item.id, actor.username, prediction.top.code, row.model_version)

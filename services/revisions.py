@@ -20,14 +20,14 @@ from sqlalchemy.orm import Session
 
 from db.models import LineItem, LineItemVersion, Photo, User
 from db.photos import store_photo
-from db.queries import add_audit_event, current_state, record_prediction
+from db.queries import add_audit_event, current_state
 from services.auth import Actor, refresh_actor, require_role
 from services.classify import (
     RecordedClassification,
     UploadedPhoto,
     _check_storable,
-    candidate_rows,
     classify,
+    store_prediction,
 )
 from services.decisions import SUBMITTERS
 from services.errors import InvalidInput, NotFound, PermissionDenied
@@ -144,15 +144,7 @@ def revise_rejected_item(
             reason=why, created_by=actor.user_id,
         )
     )  # fmt: skip
-    row = record_prediction(
-        session,
-        line_item_id=item.id,
-        model_version=prediction.model_version,
-        nomenclature_edition=prediction.nomenclature_edition,
-        latency_ms=prediction.latency_ms,
-        needs_review=prediction.needs_review,
-        candidates=candidate_rows(prediction),
-    )
+    row = store_prediction(session, item.id, prediction)
     add_audit_event(
         session,
         action="item_revised",
