@@ -31,6 +31,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -224,7 +225,20 @@ def run_processes(plan: Plan, workers: int) -> list[WorkerResult]:
     procs = [ctx.Process(target=_process_main, args=(plan, n, start, race_start, queue)) for n in range(workers)]
     for p in procs:
         p.start()
-    results = [queue.get() for _ in procs]  # drain before join: a full pipe would block the children
+    results: list[WorkerResult] = []
+    while len(results) < len(procs):  # drain before join: a full pipe would block the children
+        try:
+            results.append(queue.get(timeout=5))
+        except Empty:
+            if all(p.exitcode is not None for p in procs):  # every worker ended; the missing ones died early
+                done = {r.worker for r in results}
+                results += [
+                    WorkerResult(
+                        worker=n, errors={"worker died before reporting": 1}, error_samples=[f"exit {p.exitcode}"]
+                    )
+                    for n, p in enumerate(procs)
+                    if n not in done
+                ]
     for p in procs:
         p.join()
     return results
