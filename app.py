@@ -25,15 +25,20 @@ from services.sessions import COOKIE_NAME, end_session, resume_session, start_se
 
 log = logging.getLogger(__name__)
 
+# name -> (script, title, icon, url path): the url paths are read from here, not from the st.Page objects, whose
+# url_path exists only inside a running app (so `import app` in a bare interpreter, e.g. a spawned worker of a
+# test process, does not fail).
+PAGE_SPECS = {
+    "classify": ("screens/classify.py", "Classify", ":material/search:", "classify"),
+    "batch": ("screens/batch.py", "Batch", ":material/playlist_add_check:", "batch"),
+    "my_items": ("screens/my_items.py", "My items", ":material/inbox:", "my-items"),
+    "review": ("screens/review.py", "Review", ":material/fact_check:", "review"),
+    "decision_log": ("screens/decision_log.py", "Decision log", ":material/table_view:", "decision-log"),
+    "models": ("screens/models.py", "Model versions", ":material/model_training:", "models"),
+}
 PAGES = {
-    "classify": st.Page("screens/classify.py", title="Classify", icon=":material/search:", url_path="classify"),
-    "batch": st.Page("screens/batch.py", title="Batch", icon=":material/playlist_add_check:", url_path="batch"),
-    "my_items": st.Page("screens/my_items.py", title="My items", icon=":material/inbox:", url_path="my-items"),
-    "review": st.Page("screens/review.py", title="Review", icon=":material/fact_check:", url_path="review"),
-    "decision_log": st.Page(
-        "screens/decision_log.py", title="Decision log", icon=":material/table_view:", url_path="decision-log"
-    ),
-    "models": st.Page("screens/models.py", title="Model versions", icon=":material/model_training:", url_path="models"),
+    name: st.Page(script, title=title, icon=icon, url_path=url)
+    for name, (script, title, icon, url) in PAGE_SPECS.items()
 }
 ROLE_PAGES = {
     "broker": ("classify", "batch", "my_items"),
@@ -113,7 +118,7 @@ def wanted_page() -> tuple[str, dict[str, str]] | None:
     except Exception:  # noqa: BLE001 - no URL (tests) means no deep link
         return None
     path = parts.path.rstrip("/").rsplit("/", 1)[-1]
-    names = {page.url_path: name for name, page in PAGES.items()}
+    names = {url: name for name, (_, _, _, url) in PAGE_SPECS.items()}
     if path not in names:
         return None
     # st.context.url has the path asked for; the query string is in st.query_params
