@@ -63,10 +63,12 @@ OUTPUT_SUFFIXES = (".parquet", ".csv")
 INPUT_SUFFIXES = (".csv", ".parquet")
 
 _TEXT = pa.string()
-RESULT_SCHEMA = pa.schema(
-    [("line", pa.int64())]
-    + [(c, pa.float64() if c.endswith("score") or c.startswith("score_") else _TEXT) for c in RESULT_COLUMNS[1:-3]]
-    + [("needs_review", pa.bool_()), ("model_version", _TEXT), ("error", _TEXT)]
+_TYPES = {"line": pa.int64(), "needs_review": pa.bool_()}
+RESULT_SCHEMA = pa.schema(  # by column name: the local batch adds columns as features come
+    [
+        (c, _TYPES.get(c) or (pa.float64() if c.endswith("score") or c.startswith("score_") else _TEXT))
+        for c in RESULT_COLUMNS
+    ]
 )
 # The lines that go to the actors: what `BatchRow` needs, nothing else.
 LINE_SCHEMA = pa.schema([("line", pa.int64()), ("line_ref", _TEXT), ("description", _TEXT), ("photos", _TEXT)])

@@ -239,10 +239,21 @@ def test_explanation_shapes_ranges_and_json(tiny):
     assert set(cam.deltas) == {"text"} and [w.word for w in cam.words] == ["red", "knitted", "jumper"]
 
 
+def head_prediction(classifier, q: Query):
+    """The trained head's own ranking: what an explanation attributes (before the precedents' vote and the
+    within-heading tempering that `predict` adds; see the README's known gaps)."""
+    saved = classifier.precedents
+    classifier.precedents = None
+    try:
+        return classifier.predict_features(classifier.encode([q]))[0]
+    finally:
+        classifier.precedents = saved
+
+
 def test_target_is_the_classifiers_own_log_probability(tiny):
     ex = Explainer(tiny, ExplainConfig(image_steps=4, max_image_steps=4, text_steps=4))
     q = Query("leather handbag", (photo(),))
-    pred = tiny.predict(q.text, q.images)
+    pred = head_prediction(tiny, q)
     for level in (6, 4, 2):
         e = ex.explain(q, level=level)
         assert e.code == pred.levels[level][0].code
@@ -465,7 +476,7 @@ def test_integrated_gradients_are_complete_on_the_real_model(real):
     assert abs(e.deltas["text"]) <= 0.02
     assert abs(e.deltas["image 1"]) <= 0.1 * abs(e.score_changes["image 1"]) + 0.1
     assert not any("approximate" in n for n in e.notes)
-    pred = real.predict("leather formal shoes for men", [_shoe()])
+    pred = head_prediction(real, Query("leather formal shoes for men", (_shoe(),)))
     assert e.code == pred.top.code and e.target == pytest.approx(math.log(pred.top.score), abs=1e-4)
 
 
