@@ -7,6 +7,7 @@ folder, so no cluster outlives the module.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -160,7 +161,11 @@ def ray_cluster() -> Iterator[str]:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
         for pid in _pids_using(temp):  # whatever left the process group, found by this cluster's own folder
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it may have ended meanwhile
+                os.kill(pid, signal.SIGKILL)
+        gone = time.monotonic() + 30  # SIGKILL is asynchronous: wait for the processes to disappear
+        while _pids_using(temp) and time.monotonic() < gone:
+            time.sleep(0.2)
         log.close()
         for key, value in saved.items():
             if value is None:
