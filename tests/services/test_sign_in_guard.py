@@ -20,8 +20,9 @@ from pathlib import Path
 from db.engine import make_engine, make_session_factory, run_transaction
 from services.auth import authenticate
 from services.errors import PermissionDenied
-url, go = sys.argv[1], Path(sys.argv[2])
+url, go, ready = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
 factory = make_session_factory(make_engine(url))
+ready.touch()  # imported and connected: waiting at the start line
 while not go.exists():
     time.sleep(0.01)
 try:
@@ -38,11 +39,18 @@ def test_parallel_guesses_from_several_processes_are_counted_one_at_a_time(facto
     n = MAX_FAILURES + 3
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", GUESSER, db_url, str(go)], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", GUESSER, db_url, str(go), str(tmp_path / f"ready-{i}")],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
         )
-        for _ in range(n)
+        for i in range(n)
     ]
-    time.sleep(3)  # let every process import and wait at the start line (not a timing assertion)
+    deadline = time.monotonic() + 300
+    while len(list(tmp_path.glob("ready-*"))) < n:  # every process at the start line, however slow the machine
+        assert all(p.poll() is None for p in procs), "a guessing process ended before the start"
+        assert time.monotonic() < deadline, "the guessing processes did not start in 300 s"
+        time.sleep(0.05)
     go.touch()
     answers = [p.communicate(timeout=300)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
