@@ -17,6 +17,9 @@ from hs_core.files import atomic_write_text, fsync_file
 
 WEIGHTS = "weights.safetensors"
 CARD = "card.json"
+# the precedent index shipped beside a model's weights (hs_model.precedents): vectors + its own card
+PRECEDENTS_INDEX = "precedents.safetensors"
+PRECEDENTS_CARD = "precedents.json"
 
 
 class CheckpointError(RuntimeError):

@@ -8,18 +8,28 @@ swapped or edited file is refused. Nothing here touches the database.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import shutil
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from hs_core.settings import get_settings
-from hs_model.checkpoint import CARD, WEIGHTS, CheckpointError, ModelCard, save_checkpoint, sha256_file
+from hs_model.checkpoint import (
+    CARD,
+    PRECEDENTS_CARD,
+    PRECEDENTS_INDEX,
+    WEIGHTS,
+    CheckpointError,
+    ModelCard,
+    save_checkpoint,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +80,13 @@ def _sweep_stale(root: Path) -> None:
             pass
 
 
-def write_version(tensors: Mapping[str, Any], card: ModelCard, root: Path | None = None) -> tuple[Path, ModelCard]:
+def write_version(
+    tensors: Mapping[str, Any], card: ModelCard, root: Path | None = None, companions: Sequence[Path] = ()
+) -> tuple[Path, ModelCard]:
     """Write a new version folder atomically: everything goes to a hidden folder first, renamed when complete.
+
+    Args:
+        companions: files copied in beside the weights (a fine-tune's parent's precedent index).
 
     Raises:
         FileExistsError: A version with this id already exists under the root.
@@ -85,11 +100,33 @@ def write_version(tensors: Mapping[str, Any], card: ModelCard, root: Path | None
     tmp = root / f"{_TMP_PREFIX}{card.version}-{uuid.uuid4().hex[:8]}"
     try:
         card = save_checkpoint(tmp, dict(tensors), card)
+        for src in companions:
+            shutil.copy2(src, tmp / src.name)
         os.rename(tmp, final)  # atomic on one filesystem; readers never see a half-written version
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final, card
+
+
+def precedent_files(folder: Path, head_independent: bool = False) -> list[Path]:
+    """The precedent index files in a model folder (both or none).
+
+    Args:
+        head_independent: only an index of raw text-tower vectors, which a new head over the same towers can
+            reuse (an index in the model's joint space belongs to the head that made it).
+    """
+    files = [folder / PRECEDENTS_INDEX, folder / PRECEDENTS_CARD]
+    if not all(f.is_file() for f in files):
+        return []
+    if head_independent:
+        try:
+            space = json.loads(files[1].read_text()).get("config", {}).get("space", "raw")
+        except (OSError, ValueError):
+            return []
+        if space != "raw":
+            return []
+    return files
 
 
 def remove_version_folder(folder: Path) -> None:
@@ -98,12 +135,14 @@ def remove_version_folder(folder: Path) -> None:
 
 
 def copy_into_store(src: Path, version: str, root: Path) -> Path:
-    """Copy a shipped model folder into the store (as it is now: later releases do not change history)."""
+    """Copy a shipped model folder into the store (as it is now: later releases do not change history), with
+    the precedent index shipped beside it (a copy made before the store carried indexes gets it added)."""
     dest = root / version
     want = folder_digest(src)
     if dest.exists():
         if folder_digest(dest) != want:
             raise CheckpointError(f"{dest} exists with other weights than {src}; move it away or rename the version.")
+        _add_missing_index(src, dest)
         return dest
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f"{_TMP_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
@@ -112,6 +151,8 @@ def copy_into_store(src: Path, version: str, root: Path) -> Path:
         for name in (WEIGHTS, CARD):
             if (src / name).is_file():
                 shutil.copy2(src / name, tmp / name)
+        for path in precedent_files(src):
+            shutil.copy2(path, tmp / path.name)
         if folder_digest(tmp) != want:
             raise CheckpointError(f"{src} changed while it was being copied; try again.")
         os.rename(tmp, dest)
@@ -119,6 +160,18 @@ def copy_into_store(src: Path, version: str, root: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def _add_missing_index(src: Path, dest: Path) -> None:
+    """Give a stored copy of a shipped version the index that ships with the same weights, when it has none."""
+    files = precedent_files(src)
+    if not files or precedent_files(dest):
+        return
+    for path in files:  # each file lands whole (copy then rename); the index loads only when both are there
+        tmp = dest / f"{_TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
+        shutil.copy2(path, tmp)
+        os.replace(tmp, dest / path.name)
+    log.info("precedent index of %s added to its stored copy %s", src, dest)
 
 
 def zero_shot_folder(root: Path) -> Path:

@@ -26,10 +26,12 @@ import scipy.sparse as sp  # type: ignore[import-untyped]  # scipy ships no type
 import torch
 from safetensors.torch import load_file, save_file
 
+from hs_model.checkpoint import PRECEDENTS_CARD, PRECEDENTS_INDEX
+
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "precedents.safetensors"
-INDEX_CARD = "precedents.json"
+INDEX_FILE = PRECEDENTS_INDEX
+INDEX_CARD = PRECEDENTS_CARD
 N_FEATURES = 1 << 20  # hashed vocabulary (collisions are rare at this size and harmless for ranking)
 _TOKEN = re.compile(r"[a-z0-9]+(?:[-./][a-z0-9]+)*")
 _STOP = frozenset(

@@ -147,7 +147,8 @@ def run(
             raise FinetuneError(
                 f"Only {len(items)} reviewed decision(s) so far; at least {cfg.min_decisions} are needed to fine-tune."
             )
-        base = load_base(classifier, model_registry.verify(base_rec), base_rec.sha256)
+        base_folder = model_registry.verify(base_rec)
+        base = load_base(classifier, base_folder, base_rec.sha256)
         active = (
             base
             if active_rec.id == base_rec.id
@@ -171,7 +172,10 @@ def run(
             data={**data_fingerprint(items), "skipped_unreadable": skipped},
             on_epoch=on_epoch,
         )
-        folder, card = model_store.write_version(outcome.tensors, outcome.card, root)
+        # the base's precedent index votes for the fine-tuned head too (its vectors are the same towers'); the
+        # reviewed decisions join it on the first classification, as they do for any version
+        companions = model_store.precedent_files(base_folder, head_independent=True)
+        folder, card = model_store.write_version(outcome.tensors, outcome.card, root, companions=companions)
         decision = outcome.decision
 
         def record(session: Session) -> tuple[bool, str]:

@@ -13,6 +13,8 @@ from db import model_versions
 from db.models import AuditEvent, ModelActivation
 from hs_model import model_store
 from hs_model.checkpoint import CheckpointError, ModelCard
+from hs_model.precedents import PrecedentIndex, VoteConfig
+from services import finetune as finetune_service
 from services import model_registry, models
 from tests.test_finetune import actors, factory, model_env, tiny_card  # noqa: F401 - pytest fixtures
 
@@ -143,3 +145,52 @@ def test_stale_temporary_folders_of_crashed_writers_are_swept(model_env):  # noq
 def test_new_version_ids_are_unique_and_sortable():
     ids = [model_store.new_version_id() for _ in range(50)]
     assert len(set(ids)) == 50 and all(i.startswith("ft-") for i in ids)
+
+
+# -- the precedent index travels with the versions that can use it ----------------------------------------------
+def _ship_index(folder, space: str = "raw") -> PrecedentIndex:
+    index = PrecedentIndex("toy", 3, config=VoteConfig(space=space))  # type: ignore[arg-type]
+    vectors = torch.nn.functional.normalize(torch.eye(3)[:2], dim=-1)
+    index.add(["bicycle helmet", "cotton t-shirt"], vectors, ["650610", "610910"], [("t", "1", ""), ("t", "2", "")],
+              {"650610", "610910"})  # fmt: skip
+    index.save(folder)
+    return index
+
+
+def test_the_registered_copy_of_the_shipped_model_keeps_its_precedent_index(factory, model_env):  # noqa: F811
+    _ship_index(model_env.shipped)
+    with factory.begin() as session:
+        model_registry.ensure_default_registered(session)
+    stored = model_env.root / "tiny-shipped"
+    back = PrecedentIndex.load(stored, {"650610", "610910"})
+    assert back is not None and back.codes == ["650610", "610910"]  # without it the app served no vote at all
+
+
+def test_a_stored_copy_made_without_the_index_gets_it_added(model_env):  # noqa: F811
+    root = model_env.root
+    plain = model_store.copy_into_store(model_env.shipped, "tiny-shipped", root)  # nothing shipped yet
+    assert model_store.precedent_files(plain) == []
+    _ship_index(model_env.shipped)  # the same weights, now with an index beside them
+    again = model_store.copy_into_store(model_env.shipped, "tiny-shipped", root)
+    assert again == plain and [p.name for p in model_store.precedent_files(again)] == [
+        "precedents.safetensors",
+        "precedents.json",
+    ]
+    assert not [p for p in again.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_finetuned_version_carries_its_base_index_unless_the_index_belongs_to_the_head(factory, model_env):  # noqa: F811
+    from tests.test_finetune import TINY_CFG, seed_reviewed
+
+    _ship_index(model_env.shipped)
+    seed_reviewed(factory, 30, kinds=("approved", "corrected"))
+    result = finetune_service.run(factory, model_env.classifier, started_by="ada", cfg=TINY_CFG, benchmark=None)
+    new = model_env.root / result.version_id
+    assert [(p.name, p.read_bytes()) for p in model_store.precedent_files(new)] == [
+        (p.name, p.read_bytes()) for p in model_store.precedent_files(model_env.shipped)
+    ]
+    # an index of the head's own joint-space vectors would be wrong for another head: not carried
+    joint = model_env.root / "joint"
+    joint.mkdir()
+    _ship_index(joint, space="joint")
+    assert model_store.precedent_files(joint) and not model_store.precedent_files(joint, head_independent=True)
