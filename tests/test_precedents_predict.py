@@ -53,3 +53,19 @@ def test_no_votes_means_codes_only_and_a_note(plain):
     assert any("No earlier precedent" in n for n in a.notes) and not b.precedents
     photo_only = clf.predict(None, [Image.new("RGB", (64, 64), (10, 200, 30))], top_k=3)
     assert photo_only.precedents == () and not any("precedent" in n for n in photo_only.notes)
+
+
+def test_the_app_serves_the_vote_from_the_registered_shipped_version(plain, app_db, tmp_path, monkeypatch):
+    """The path the app takes: the first start registers the shipped model into the store, then serves the
+    active version's folder; the shipped precedent index must arrive there (it once did not: no vote at all)."""
+    from services import model_registry
+
+    if not (DEFAULT_MODEL_DIR / "precedents.json").is_file():
+        pytest.skip("no precedent index shipped in assets/model")
+    monkeypatch.setenv("HS_MODEL_REGISTRY", str(tmp_path / "registry"))
+    with app_db.factory.begin() as session:
+        folder = model_registry.verify(model_registry.ensure_default_registered(session))
+    served = plain[0].with_model(folder)
+    assert served.precedents is not None and len(served.precedents) > 1000
+    pred = served.predict("bicycle helmets", top_k=3)
+    assert any(p.weight > 0 for p in pred.precedents)
