@@ -13,6 +13,7 @@ from PIL import Image
 from hs_model.errors import InputError
 from hs_model.images import ImageError, load_image
 from hs_model.predict import LEVELS, Classifier, Features, Prediction, Query
+from hs_model.questions import POOL, guide
 from hs_train.datasets import Example
 
 log = logging.getLogger(__name__)
@@ -64,12 +65,19 @@ def encode_rows(
 def score_rows(
     classifier: Classifier, examples: Sequence[Example], served: list[int], feats: Features | None
 ) -> list[RowResult | None]:
-    """Rank codes from cached features; None marks a row the modality cannot serve (counted wrong, never dropped)."""
+    """Rank codes from cached features; None marks a row the modality cannot serve (counted wrong, never dropped).
+
+    The ranking is the one the app and the CLI serve: the model's pool (precedents vote included) re-ranked by
+    the evidence read from the description and the tempered within-heading splits (`hs_model.questions.guide`),
+    with no broker answers.
+    """
     results: list[RowResult | None] = [None] * len(examples)
     if feats is None:
         return results
-    for i, p in zip(served, classifier.predict_features(feats, top_k=5), strict=True):
-        results[i] = _row(examples[i].hs, p)
+    preds = classifier.predict_features(feats, top_k=POOL)
+    has_text = feats.has_text.tolist()
+    for i, p, text in zip(served, preds, has_text, strict=True):
+        results[i] = _row(examples[i].hs, guide(p, examples[i].text if text else None, top_k=5))
     return results
 
 
