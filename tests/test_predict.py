@@ -71,3 +71,18 @@ def test_hostile_strings_are_just_text(classifier):
 def test_nothing_to_classify(classifier):
     with pytest.raises(InputError, match="description"):
         classifier.predict("  \x00 ", [])
+
+
+def test_evaluation_ranks_exactly_what_predict_serves(classifier):
+    """The reported accuracy is of the served ranking: vote, evidence read from the text and tempered splits."""
+    from hs_train.datasets import Example
+    from hs_train.evaluate import run_rows
+
+    texts = ["men's T-shirt", "9.6mm stainless steel gold color cuban link chain necklace", "wooden dining table"]
+    rows = run_rows(classifier, [Example(t, [], "610910", "test", str(i)) for i, t in enumerate(texts)], "text")
+    for text, row in zip(texts, rows, strict=True):
+        served = classifier.predict(text, top_k=5)
+        assert row is not None
+        for level in (2, 4, 6):
+            assert row.ranked[level] == [c.code for c in served.levels[level]]
+        assert row.top_prob[6] == pytest.approx(served.levels[6][0].score, abs=1e-5)
