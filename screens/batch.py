@@ -20,6 +20,7 @@ from services.batch import (
 )
 from services.classify import MAX_REF_CHARS, format_code
 from services.errors import ServiceError
+from services.guided import reopen_with_guidance
 
 CSV_MAX_MB, ZIP_MAX_MB = 20, 512
 XLSX_MIME = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -161,6 +162,7 @@ def results_table(result) -> None:
             "Item": [f"#{r['line_item_id']}" if r["line_item_id"] else "" for r in rows],
             "Status": [r["status"] for r in rows],
             "Review": ["⚠ review" if r["needs_review"] else "" for r in rows],  # a table shows no :icon: directives
+            "Question": [r.get("question") or "" for r in rows],  # answer it by opening the line in Classify
             **{
                 f"{name} {k}": [
                     (format_code(r[f"code_{k}"]) + f" ({percent(r[f'score_{k}'])})") if r[f"code_{k}"] else ""
@@ -182,6 +184,7 @@ def results_table(result) -> None:
         width="stretch",
         column_config={
             "Description": st.column_config.TextColumn(width="large"),
+            "Question": st.column_config.TextColumn(width="medium"),
             "Error": st.column_config.TextColumn(width="medium"),
         },
     )
@@ -189,10 +192,14 @@ def results_table(result) -> None:
 
 def open_in_classify(item_id: int, record: dict, shipment: str, threshold: float) -> None:
     actor = common.current_actor()
+    model, _ = common.classifier()
+
+    def reopen(session):
+        recorded = open_line_item(session, actor, item_id, threshold, photo_root=common.photo_root())
+        return reopen_with_guidance(session, model, recorded, record["description"])  # its questions, answerable
+
     try:
-        recorded = common.in_transaction(
-            lambda session: open_line_item(session, actor, item_id, threshold, photo_root=common.photo_root())
-        )
+        recorded = common.in_transaction(reopen)
     except ServiceError as exc:
         st.error(md(str(exc)), icon=":material/error:")
         return
@@ -233,6 +240,12 @@ def show_result(result) -> None:
     flagged = sum(1 for r in result.records if r["needs_review"])
     if flagged:
         st.caption(f":material/warning: {flagged:,} line{'s' if flagged != 1 else ''} below the review threshold.")
+    asked = sum(1 for r in result.records if r.get("question"))
+    if asked:
+        st.caption(
+            f":material/help: {asked:,} line{'s have' if asked != 1 else ' has'} a question that decides between "
+            "the candidates (column Question): open the line in Classify below to answer it."
+        )
     results_table(result)
 
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", result.shipment_ref).strip("-") or "batch"
@@ -267,7 +280,7 @@ def show_result(result) -> None:
             list(openable),
             key="batch_open_pick",
             format_func=lambda i: (
-                f"{openable[i]['line_ref']} · #{i} · "
+                ("❓ " if openable[i].get("question") else "") + f"{openable[i]['line_ref']} · #{i} · "
                 f"{format_code(openable[i]['code_1']) if openable[i]['code_1'] else '—'} · "
                 f"{(openable[i]['description'] or '(photos only)')[:80]}"
             ),

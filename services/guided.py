@@ -19,7 +19,7 @@ from services.decisions import REVIEWERS, SUBMITTERS
 from services.errors import InvalidInput, NotFound, PermissionDenied
 
 if TYPE_CHECKING:
-    from hs_model.predict import Prediction
+    from hs_model.predict import Classifier, Prediction
 
 log = logging.getLogger(__name__)
 
@@ -114,3 +114,46 @@ def broker_facts(session: Session, actor: Actor | None, line_item_id: int) -> li
     if actor.role not in REVIEWERS and item.created_by != actor.user_id:
         raise PermissionDenied("Brokers can only see the line items they classified.")
     return facts_in_force(session, [line_item_id]).get(line_item_id, [])
+
+
+def reopen_with_guidance(
+    session: Session, classifier: Classifier, recorded: RecordedClassification, text: str | None
+) -> RecordedClassification:
+    """A stored line item (a Batch line opened in Classify) with its questions back, so the broker can answer them.
+
+    A stored prediction keeps its candidates, not the model's wider pool the questions are drawn from. The same
+    model version is run again on the same description and photos; its questions are used only when it ranks
+    exactly the stored candidates (otherwise, e.g. after the precedents learned from newer decisions, the stored
+    answer stands without questions: classifying again asks them). Answers the broker already gave are applied.
+    The caller has checked that the actor may open the item.
+    """
+    from hs_model.errors import InputError
+    from hs_model.predict import decode_images
+
+    stored = recorded.prediction
+    if stored.guidance is not None or classifier.version != stored.model_version or not stored.levels.get(6):
+        return recorded
+    try:
+        images = decode_images([p.data for p in recorded.photos], [p.name for p in recorded.photos])
+        if not (text and text.strip()) and not images:
+            return recorded
+        fresh = classifier.predict(text or None, images, top_k=len(stored.levels[6]))
+    except InputError as exc:
+        log.warning("line item %s: its questions could not be restored: %s", recorded.line_item_id, exc)
+        return recorded
+    same = all([c.code for c in fresh.levels[lv]] == [c.code for c in stored.levels.get(lv, [])] for lv in fresh.levels)
+    if not same or fresh.guidance is None:
+        log.info("line item %s: the model now ranks it differently; stored answer shown without questions",
+                 recorded.line_item_id)  # fmt: skip
+        return recorded
+    prediction = dataclasses.replace(stored, guidance=fresh.guidance)
+    facts = facts_in_force(session, [recorded.line_item_id]).get(recorded.line_item_id, [])
+    for _ in range(2):  # a heading's answer opens its follow-up question, whose answer then applies too
+        answers = {
+            f.question: f.answer
+            for f in facts
+            if (q := find_question(prediction, f.question)) is not None and f.answer in dict(q.options)
+        }
+        if answers and prediction.guidance is not None and answers != dict(prediction.guidance.answers):
+            prediction = apply_answers(prediction, answers)
+    return dataclasses.replace(recorded, prediction=prediction)

@@ -112,3 +112,33 @@ def test_a_broker_fact_cannot_be_rewritten(app_db, guided_classifier):
         fact.answer = "other_textile"
         with pytest.raises(AppendOnlyError):
             session.flush()
+
+
+def test_a_batch_line_opened_in_classify_gets_its_questions_and_answers_back(app_db, guided_classifier):
+    """A stored line keeps its candidates, not the question pool: reopening runs the same model version again and
+    uses its questions only when it ranks the stored candidates; answers given earlier apply again."""
+    import dataclasses
+
+    from db.queries import find_user
+    from services.batch import open_line_item
+    from services.classify import classify_and_record
+    from services.guided import reopen_with_guidance
+
+    app_db.add_user("bea", "broker", "correct horse battery")
+    with app_db.factory.begin() as session:
+        bea = Actor.from_user(find_user(session, "bea"))
+        item_id = classify_and_record(session, guided_classifier, bea, text="T-shirt", photos=[]).line_item_id
+    with app_db.factory() as session:
+        opened = open_line_item(session, bea, item_id)
+        assert opened.prediction.guidance is None  # what the database alone gives back
+        back = reopen_with_guidance(session, guided_classifier, opened, "T-shirt")
+    assert [q.key for q in back.prediction.guidance.questions] == ["textile"]
+    assert [c.code for c in back.prediction.levels[6]] == [c.code for c in opened.prediction.levels[6]]
+    with app_db.factory.begin() as session:
+        answer_question(session, bea, back, "textile", "cotton")
+    with app_db.factory() as session:
+        again = reopen_with_guidance(session, guided_classifier, open_line_item(session, bea, item_id), "T-shirt")
+        assert again.prediction.top.code == "610910" and again.prediction.guidance.answers == {"textile": "cotton"}
+        # another model version ranks differently: the stored answer stands, without questions
+        other = dataclasses.replace(opened, prediction=dataclasses.replace(opened.prediction, model_version="other"))
+        assert reopen_with_guidance(session, guided_classifier, other, "T-shirt").prediction.guidance is None
