@@ -89,20 +89,32 @@ def _missing_message(raw: object, digits: str) -> str:
     return f"{raw!r} does not exist in HS 2022 (there is no chapter {digits[:2]})"
 
 
-@dataclass(frozen=True, order=True)
-class HsCode:
+class HsCode(str):
     """A chapter (2 digits), heading (4) or subheading (6) that exists in HS 2022.
 
     Build one with `HsCode.parse` (broker input) or `HsCode.from_national` (8/10-digit tariff lines);
-    the constructor itself only accepts bare digits of a code that exists. Ordering is tree order
-    (61 < 6109 < 610910 < 6110).
+    the constructor itself only accepts bare digits of a code that exists. It is its digits as a string
+    (`HsCode("610910") == "610910"`), so it is stored, serialised and compared as the digits are, and carries
+    the tree: `level`, `chapter`, `heading`, `parent`, `formatted`, `description`. Ordering is tree order
+    (61 < 6109 < 610910 < 6110), which is the digits' string order.
     """
 
-    digits: str
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.digits, str) or self.digits not in _entries():
-            raise InvalidCode(f"{self.digits!r} is not an HS 2022 code: {_EXAMPLE}")
+    def __new__(cls, digits: str) -> HsCode:
+        if type(digits) is cls:
+            return digits
+        if not isinstance(digits, str) or digits not in _entries():
+            raise InvalidCode(f"{digits!r} is not an HS 2022 code: {_EXAMPLE}")
+        return super().__new__(cls, digits)
+
+    def __repr__(self) -> str:
+        return f"HsCode({str.__repr__(self)})"
+
+    @property
+    def digits(self) -> str:
+        """The bare digits as a plain string: `610910`."""
+        return str.__str__(self)
 
     @classmethod
     def parse(cls, raw: str | int) -> HsCode:
@@ -204,6 +216,9 @@ class HsCode:
 
     def __str__(self) -> str:
         return self.digits
+
+    def __getnewargs__(self) -> tuple[str]:  # pickling rebuilds from the digits
+        return (self.digits,)
 
 
 @dataclass(frozen=True)

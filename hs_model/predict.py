@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from hs_core.limits import LIMITS
+from hs_core.nomenclature import HsCode
 from hs_core.settings import DEFAULT_MODEL_DIR
 from hs_core.text import clean_text as strip_controls
 from hs_model.bank import (
@@ -42,12 +43,20 @@ LEVELS = (2, 4, 6)
 
 @dataclass(frozen=True)
 class Candidate:
-    """One ranked code at one level; score is the calibrated probability of that code (0..1)."""
+    """One ranked code at one level; score is the calibrated probability of that code (0..1).
 
-    code: str
+    `code` is an `HsCode` (bare digits given are checked against HS 2022 and converted): a candidate that is not
+    an HS 2022 code cannot exist.
+    """
+
+    code: HsCode
     level: int
     description: str
     score: float
+
+    def __post_init__(self) -> None:
+        if type(self.code) is not HsCode:
+            object.__setattr__(self, "code", HsCode(self.code))
 
     def to_dict(self) -> dict[str, str | float]:
         return {"code": self.code, "description": self.description, "score": round(self.score, 6)}
@@ -215,8 +224,6 @@ class Classifier:
         return self.card.version
 
     def describe(self, level: int, code: str) -> str:
-        from hs_core.nomenclature import HsCode
-
         return self.nomenclature.description(HsCode.parse(code))
 
     def predict(self, text: str | None = None, images: Sequence[Image.Image] = (), top_k: int = 5) -> Prediction:

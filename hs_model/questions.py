@@ -743,7 +743,7 @@ def reweight_levels(
     scores = reweighted_scores(pool, answers, temperature)
     out: dict[int, list[Candidate]] = {}
     for level, new in scores.items():
-        by_code = {c.code: c for c in pool[level]}
+        by_code: dict[str, Candidate] = {c.code: c for c in pool[level]}
         ranked = sorted((code for code in new if code in by_code), key=lambda c: -new[c])[:keep]
         out[level] = [dataclasses.replace(by_code[code], score=new[code]) for code in ranked]
     return out
