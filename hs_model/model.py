@@ -7,7 +7,9 @@ features, and Captum (which differentiates through the towers into these parts).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -130,6 +132,8 @@ class HsJointModel(nn.Module):
         self.register_buffer("sub_to_chap", space.parent_index(2), persistent=False)
         self.set_bank(bank)
         self._proto_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._text_side_frozen = False  # see `text_side_frozen`
+        self._retrieval: dict[bytes, torch.Tensor] = {}
 
     def set_bank(self, bank: LabelBank) -> None:
         """Install the label texts' tower embeddings (frozen buffers, recomputable, not saved with weights)."""
@@ -161,11 +165,38 @@ class HsJointModel(nn.Module):
         return F.normalize(gates[:, :1] * te + gates[:, 1:] * ie, dim=-1), gates
 
     # -- scoring ------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def text_side_frozen(self) -> Iterator[None]:
+        """Within: train with the text adapter frozen (fine-tuning), computing once what cannot change.
+
+        The label prototypes are cached for the whole run. When the logit scale and level weights are frozen
+        too, a row's retrieval score (similarities to every label text, rolled up with its heading and chapter)
+        is a function of its joint vector alone, so it is memoised per vector and each step only adds the
+        per-code corrections, the part being trained. A text-only training batch then has nothing trainable
+        upstream of its joint vectors, so no gradient flows back through the similarities (most of a step).
+        The caller freezes the parameters (``requires_grad_(False)``); on exit every cache is dropped.
+        """
+        self._text_side_frozen, self._proto_cache, self._retrieval = True, None, {}
+        try:
+            yield
+        finally:
+            self._text_side_frozen, self._proto_cache, self._retrieval = False, None, {}
+
     def prototypes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Label texts through the text adapter: (texts [M, D], headings [H, D], chapters [C, D]).
 
-        Cached in eval mode (inference and explanations); recomputed every step while training.
+        Cached in eval mode (inference and explanations) and under `text_side_frozen`; recomputed every step
+        while training otherwise.
         """
+        if self._text_side_frozen:
+            if self._proto_cache is None:
+                with torch.no_grad():
+                    self._proto_cache = (
+                        self.embed_text(self.bank_text),
+                        self.embed_text(self.bank_heading),
+                        self.embed_text(self.bank_chapter),
+                    )
+            return self._proto_cache
         if not self.training and self._proto_cache is not None:
             return self._proto_cache
         protos = (
@@ -182,7 +213,8 @@ class HsJointModel(nn.Module):
         return protos
 
     def train(self, mode: bool = True) -> HsJointModel:
-        self._proto_cache = None
+        if not self._text_side_frozen:  # frozen, the prototypes cannot change: keep them
+            self._proto_cache = None
         return super().train(mode)
 
     def score(self, z: torch.Tensor, exclude_text: torch.Tensor | None = None) -> torch.Tensor:
@@ -193,6 +225,13 @@ class HsJointModel(nn.Module):
         plus the learned per-code correction. `exclude_text` [B] (or -1) hides one bank text per row, so
         a label text used as a training example cannot simply match itself.
         """
+        if self._text_side_frozen and not (
+            z.requires_grad or self.logit_scale.requires_grad or self.level_weight.requires_grad
+        ):
+            return self._memoised_retrieval(z, exclude_text) + self.corrections(z)
+        return self._full_score(z, exclude_text)
+
+    def _full_score(self, z: torch.Tensor, exclude_text: torch.Tensor | None) -> torch.Tensor:
         texts, heads, chaps = self.prototypes()
         sims = z @ texts.T  # [B, M]
         if exclude_text is not None and bool((exclude_text >= 0).any()):
@@ -203,6 +242,20 @@ class HsJointModel(nn.Module):
         s = per_code + self.level_weight[0] * (z @ heads.T)[:, self.sub_to_head]
         s = s + self.level_weight[1] * (z @ chaps.T)[:, self.sub_to_chap]
         return self.logit_scale.exp() * s + self.corrections(z)
+
+    def _memoised_retrieval(self, z: torch.Tensor, exclude_text: torch.Tensor | None) -> torch.Tensor:
+        """The score without the corrections (the part that cannot change under `text_side_frozen`), per row."""
+        ex = exclude_text.tolist() if exclude_text is not None else [-1] * len(z)
+        keys = [z[i].detach().cpu().numpy().tobytes() + str(ex[i]).encode() for i in range(len(z))]
+        todo = [i for i, k in enumerate(keys) if k not in self._retrieval]
+        if todo:
+            idx = torch.tensor(todo, device=z.device)
+            with torch.no_grad():
+                fixed = self._full_score(z[idx], None if exclude_text is None else exclude_text[idx])
+                fixed -= self.corrections(z[idx])
+            for j, i in enumerate(todo):
+                self._retrieval[keys[i]] = fixed[j]
+        return torch.stack([self._retrieval[k] for k in keys])
 
     def corrections(self, z: torch.Tensor) -> torch.Tensor:
         """The learned per-code and per-heading offsets of the subheading logits. [B, D] -> [B, S].
@@ -222,6 +275,14 @@ class HsJointModel(nn.Module):
         has_image: torch.Tensor,
         exclude_text: torch.Tensor | None = None,
     ) -> ModelOutput:
+        if self._text_side_frozen and self.training and not bool(has_image.any()):
+            # A text-only batch with the adapter frozen: the gate is constant for one modality and the photo path
+            # is multiplied by zero, so the joint vectors are constants (see `text_side_frozen`).
+            with torch.no_grad():
+                te = self.embed_text(text)
+                ie = self.embed_image(image_pooled, image_probs)
+                z, gates = self.fuse(te, ie, has_text, has_image)
+            return ModelOutput(self.score(z, exclude_text), z, te * has_text[:, None], ie * has_image[:, None], gates)
         te = self.embed_text(text)
         ie = self.embed_image(image_pooled, image_probs)
         z, gates = self.fuse(te, ie, has_text, has_image)

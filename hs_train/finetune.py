@@ -24,13 +24,12 @@ from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from hs_core.settings import DEFAULT_DATA_DIR
 from hs_model.checkpoint import ModelCard, load_checkpoint
 from hs_model.config import cache_dir
 from hs_model.errors import InputError
-from hs_model.model import HsJointModel, LabelSpace, ModelOutput
+from hs_model.model import HsJointModel, LabelSpace
 from hs_model.predict import Classifier, Features, Query, trained_parts
 from hs_train.datasets import split_of
 from hs_train.train import FeatureSet, TrainConfig, calibrate, fit
@@ -448,67 +447,6 @@ def replay_pool(model: HsJointModel, tensors: dict[str, torch.Tensor]) -> Featur
     )
 
 
-class _FixedPrototypes(HsJointModel):
-    """The joint model while fine-tuning with its text adapter frozen: what cannot change is computed once.
-
-    The label prototypes are cached for the whole run. When the logit scale and level weights are frozen too,
-    a row's retrieval score (similarities to every label text, rolled up with its heading and chapter) is a
-    function of its joint vector alone, so it is memoised per vector; each step then only adds the per-code
-    corrections, the part being trained.
-    """
-
-    _retrieval: dict[bytes, torch.Tensor]
-
-    def prototypes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self._proto_cache is None:
-            with torch.no_grad():
-                self._proto_cache = (
-                    self.embed_text(self.bank_text),
-                    self.embed_text(self.bank_heading),
-                    self.embed_text(self.bank_chapter),
-                )
-        return self._proto_cache
-
-    def train(self, mode: bool = True) -> _FixedPrototypes:
-        return nn.Module.train(self, mode)  # keep the cache: the prototypes cannot change
-
-    def forward(
-        self,
-        text: torch.Tensor,
-        image_pooled: torch.Tensor,
-        image_probs: torch.Tensor,
-        has_text: torch.Tensor,
-        has_image: torch.Tensor,
-        exclude_text: torch.Tensor | None = None,
-    ) -> ModelOutput:
-        if not (self.training and not bool(has_image.any())):
-            return super().forward(text, image_pooled, image_probs, has_text, has_image, exclude_text)
-        # A text-only batch: with the adapter frozen nothing trainable lies upstream of the joint vectors (the
-        # gate is constant for one modality, the photo path is multiplied by zero), so they are constants and
-        # no gradient has to flow back through the similarities to every label text, which is most of a step.
-        with torch.no_grad():
-            te = self.embed_text(text)
-            ie = self.embed_image(image_pooled, image_probs)
-            z, gates = self.fuse(te, ie, has_text, has_image)
-        return ModelOutput(self.score(z, exclude_text), z, te * has_text[:, None], ie * has_image[:, None], gates)
-
-    def score(self, z: torch.Tensor, exclude_text: torch.Tensor | None = None) -> torch.Tensor:
-        if z.requires_grad or self.logit_scale.requires_grad or self.level_weight.requires_grad:
-            return super().score(z, exclude_text)
-        ex = exclude_text.tolist() if exclude_text is not None else [-1] * len(z)
-        keys = [z[i].numpy().tobytes() + str(ex[i]).encode() for i in range(len(z))]
-        todo = [i for i, k in enumerate(keys) if k not in self._retrieval]
-        if todo:
-            idx = torch.tensor(todo)
-            with torch.no_grad():  # the full score minus the corrections: the part that cannot change
-                fixed = super().score(z[idx], None if exclude_text is None else exclude_text[idx])
-                fixed -= self.corrections(z[idx])
-            for j, i in enumerate(todo):
-                self._retrieval[keys[i]] = fixed[j]
-        retrieval = torch.stack([self._retrieval[k] for k in keys])
-        return retrieval + self.corrections(z)
-
-
 def train_candidate(
     base: BaseModel,
     train: FeatureSet,
@@ -521,10 +459,8 @@ def train_candidate(
     frozen = [p for name, p in model.named_parameters() if name.split(".")[0] in cfg.freeze]
     for p in frozen:
         p.requires_grad_(False)  # no gradient: AdamW leaves them exactly at the base's values
-    if "text_adapter" in cfg.freeze:
-        model._proto_cache = None
-        model.__class__ = _FixedPrototypes  # same parameters and buffers; only the caching differs
-        model._retrieval = {}  # type: ignore[assignment]  # the class swap above is invisible to the checker
+    # frozen text adapter: the prototypes and retrieval scores are computed once (a fine-tune takes seconds)
+    caching = model.text_side_frozen() if "text_adapter" in cfg.freeze else contextlib.nullcontext()
     if not len(val):
         val = train  # too few items for a calibration part: pick the epoch on the training items
     tcfg = TrainConfig(
@@ -543,11 +479,9 @@ def train_candidate(
             on_epoch({**row, "epochs": cfg.epochs})
 
     try:
-        history = fit(model, train, val, tcfg, replay_pool(model, base.tensors), on_epoch=report)
+        with caching:
+            history = fit(model, train, val, tcfg, replay_pool(model, base.tensors), on_epoch=report)
     finally:
-        model.__class__ = HsJointModel
-        model._proto_cache = None
-        model.__dict__.pop("_retrieval", None)
         for p in frozen:
             p.requires_grad_(True)
     base_t, base_thr = float(model.temperature), float(model.review_threshold)

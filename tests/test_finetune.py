@@ -561,23 +561,23 @@ def test_the_fast_text_only_path_gives_the_same_gradients():
         plain.correction.normal_(0, 0.1)  # non-zero corrections: the memoised part must exclude them
         plain.heading_correction.normal_(0, 0.1)
     fast = copy.deepcopy(plain)
-    fast.__class__ = finetune._FixedPrototypes
-    fast._retrieval = {}
     feats = TinyClassifier().encode([finetune.Query(f"item code {c}") for c in CODES])
     target = torch.arange(len(CODES))
     outs = []
-    for m in (plain, fast, fast):  # the second pass through `fast` reads the memoised retrieval scores
-        out = m(*feats.as_inputs(torch.device("cpu")))
-        outs.append(out.logits.detach())
-        loss = hierarchical_nll(
-            lambda z, lv, m=m: m.level_log_probs(z, lv, temperature=False),
-            out.logits,
-            target,
-            torch.full_like(target, 6),
-        )
-        loss.backward()
+    with fast.text_side_frozen():
+        for m in (plain, fast, fast):  # the second pass through `fast` reads the memoised retrieval scores
+            out = m(*feats.as_inputs(torch.device("cpu")))
+            outs.append(out.logits.detach())
+            loss = hierarchical_nll(
+                lambda z, lv, m=m: m.level_log_probs(z, lv, temperature=False),
+                out.logits,
+                target,
+                torch.full_like(target, 6),
+            )
+            loss.backward()
+        assert len(fast._retrieval) == len(CODES)
     assert torch.allclose(outs[0], outs[1], atol=1e-5) and torch.allclose(outs[1], outs[2], atol=1e-5)
-    assert len(fast._retrieval) == len(CODES)
+    assert not fast._retrieval and fast._proto_cache is None  # nothing cached outlives the run
     for name in ("correction", "correction_bias"):
         a, b = dict(plain.named_parameters())[name].grad, dict(fast.named_parameters())[name].grad
         assert torch.allclose(2 * a, b, atol=1e-5), name  # fast took two backward passes
