@@ -175,15 +175,16 @@ def _clean_candidates(candidates: Iterable[Mapping[str, Any]]) -> list[dict[str,
             raise ValueError(f"bad candidate: level {level}, code {code!r}")
         if not math.isfinite(score):
             raise ValueError(f"bad candidate score for {code}: {score}")
-        out.append(
-            {
-                "level": level,
-                "rank": int(c["rank"]),
-                "code": code,
-                "description": str(c.get("description", "")),
-                "score": score,
-            }
-        )
+        row = {
+            "level": level,
+            "rank": int(c["rank"]),
+            "code": code,
+            "description": str(c.get("description", "")),
+            "score": score,
+        }
+        if c.get("precedents"):  # the precedents' vote for this candidate, as a sentence
+            row["precedents"] = str(c["precedents"])
+        out.append(row)
     return out
 
 
@@ -200,7 +201,8 @@ def record_prediction(
     """Store a model's ranked candidates for a line item; the top 6-digit candidate is denormalised.
 
     Args:
-        candidates: ``{"level": 2|4|6, "rank": int, "code": str, "description": str, "score": float}`` items.
+        candidates: ``{"level": 2|4|6, "rank": int, "code": str, "description": str, "score": float}`` items,
+            optionally with ``"precedents"``: the precedents' vote for the candidate, as a sentence.
     """
     cleaned = _clean_candidates(candidates)
     sixes = sorted((c for c in cleaned if c["level"] == 6), key=lambda c: (c["rank"], -c["score"]))

@@ -25,7 +25,7 @@ from services.code_path import consistent_path
 from services.decisions import near_tie
 from services.errors import ServiceError
 from services.explanations import METHOD_LABELS, explain_candidate, explain_runner_up
-from services.precedents import find_precedents
+from services.precedents import find_precedents, vote_evidence
 
 LEVEL_TITLES = {6: "Subheadings (6 digits)", 4: "Headings (4 digits)", 2: "Chapters (2 digits)"}
 LEVEL_NAMES = {6: "Subheading", 4: "Heading", 2: "Chapter"}
@@ -201,12 +201,14 @@ def level_chart(candidates) -> alt.Chart:
     )
 
 
-def level_table(candidates) -> None:
+def level_table(candidates, prediction) -> None:
     frame = pd.DataFrame(
         {
             "Code": [format_code(c.code) for c in candidates],
             "Official description": [c.description for c in candidates],
             "Probability": [percent(c.score) for c in candidates],  # as the lists say it: "<1%", never "0.0 %"
+            # the precedents' vote: "4 earlier rulings on similar goods: 6506.10" (listed under "Why these codes?")
+            "Precedents": [prediction.precedent_summary(c.code) or "" for c in candidates],
         }
     )
     st.dataframe(
@@ -217,6 +219,7 @@ def level_table(candidates) -> None:
             "Code": st.column_config.TextColumn(width="small"),
             "Official description": st.column_config.TextColumn(width="large"),
             "Probability": st.column_config.TextColumn(width="small"),
+            "Precedents": st.column_config.TextColumn(width="medium"),
         },
     )
 
@@ -281,7 +284,7 @@ def show_prediction(recorded) -> None:
         with tab:
             table, chart = st.columns([5, 2], gap="medium")
             with table:
-                level_table(prediction.levels[level])
+                level_table(prediction.levels[level], prediction)
             with chart:
                 st.altair_chart(level_chart(prediction.levels[level]), width="stretch")
 
@@ -304,6 +307,29 @@ def show_attribution(view, heading: str) -> None:
     st.caption(details)
     for note in view.notes:
         st.caption(md(note))
+
+
+def show_vote(prediction, code: str) -> None:
+    """The labelled examples (earlier rulings, declarations, reviewed decisions) whose vote raised this code."""
+    voted = vote_evidence(prediction, code)
+    st.markdown(f"**Precedents that voted for {format_code(code)}**")
+    if not voted:
+        st.caption("None: this code is ranked by the official texts alone (no close precedent voted for it).")
+        return
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "source": [e.source for e in voted],
+                "date": [e.date for e in voted],
+                "code": [format_code(e.code) for e in voted],
+                "similarity": [round(e.similarity, 3) for e in voted],
+                "text": [e.text if len(e.text) <= 400 else e.text[:400] + "…" for e in voted],
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+        column_config={"text": st.column_config.TextColumn(width="large")},
+    )
 
 
 def show_precedents(recorded, code: str) -> None:
@@ -429,6 +455,7 @@ def explanations(recorded, text: str, files: list) -> None:
                 "(evidence for the first over the second)",
             )
         show_path(view.code, view.path)
+        show_vote(prediction, view.code)
         show_precedents(recorded, view.code)
 
 

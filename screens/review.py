@@ -189,6 +189,7 @@ def candidate_tables(detail) -> None:
                     "Probability": [percent(c.score) for c in candidates],
                     "Submitted": ["✔" if submitted.startswith(c.code) else "" for c in candidates],
                     "Official description": [c.description for c in candidates],
+                    "Precedents": [c.precedents or "" for c in candidates],
                 }
             )
             st.dataframe(

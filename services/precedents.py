@@ -16,7 +16,7 @@ from db.precedents import latest_decisions_after, reviewed_with_embeddings
 from services.auth import Actor, require_role
 
 if TYPE_CHECKING:  # torch and the towers only where a model is used
-    from hs_model.predict import Classifier
+    from hs_model.predict import Classifier, Prediction
 
 log = logging.getLogger(__name__)
 REVIEWED = "reviewed"  # the provenance dataset of database decisions in the index
@@ -130,3 +130,39 @@ def sync_reviewed_precedents(session: Session, classifier: Classifier, batch: in
     if added or retired:
         log.info("precedent index: %d reviewed decisions added, %d retired (cursor %d)", added, retired, index.cursor)
     return IndexSync(added, retired, invalid, empty, index.cursor)
+
+
+# -- the vote's evidence, as the Classify screen lists it ---------------------------------------------------------
+SOURCE_LABELS = {
+    "cbp_rulings": "US CBP ruling",
+    "uk_parcels": "UK parcel declaration",
+    "uk_brands": "UK brand declaration",
+    "myntra": "catalogue product",
+    REVIEWED: "reviewed line item",
+}
+
+
+@dataclass(frozen=True)
+class VoteEvidence:
+    """One labelled example that voted for a candidate: where it comes from, its code and its words."""
+
+    source: str  # "US CBP ruling N345977", "reviewed line item #12"
+    date: str  # ISO date, or "" when the source has none
+    code: str
+    text: str
+    similarity: float
+    weight: float
+
+
+def vote_evidence(prediction: Prediction, code: str) -> list[VoteEvidence]:
+    """The precedents that voted for `code` (a chapter, heading or subheading, or one of its parts), strongest
+    vote first; empty when none did (the candidate was ranked by the codes' texts alone)."""
+    out = []
+    for p in prediction.precedents:
+        if p.weight <= 0 or not (p.code.startswith(code) or code.startswith(p.code)):
+            continue
+        ref = p.id.split(":", 1)[0]  # "N345977:short" -> the ruling's number
+        label = SOURCE_LABELS.get(p.dataset, p.dataset)
+        source = f"{label} #{ref}" if p.dataset == REVIEWED else f"{label} {ref}"
+        out.append(VoteEvidence(source, p.date, p.code, p.text, p.similarity, p.weight))
+    return sorted(out, key=lambda e: -e.weight)

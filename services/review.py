@@ -74,6 +74,7 @@ class CandidateView:
     formatted: str
     description: str
     score: float
+    precedents: str | None = None  # "4 earlier rulings on similar goods: 6506.10" when the vote raised it
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,13 @@ def _candidates(rows: Sequence[dict[str, Any]]) -> dict[int, tuple[CandidateView
     levels: dict[int, list[CandidateView]] = {6: [], 4: [], 2: []}
     for c in sorted(rows, key=lambda c: (c["level"], c["rank"])):
         view = CandidateView(
-            c["level"], c["rank"], c["code"], format_code(c["code"]), c.get("description", ""), c["score"]
+            c["level"],
+            c["rank"],
+            c["code"],
+            format_code(c["code"]),
+            c.get("description", ""),
+            c["score"],
+            c.get("precedents"),  # stored since the vote is shown (older predictions have none)
         )
         levels.setdefault(view.level, []).append(view)
     return {level: tuple(views) for level, views in levels.items()}
