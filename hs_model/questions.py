@@ -1,12 +1,10 @@
-"""Guided classification: the criteria that separate the candidates, read from their own HS texts; the evidence the
-description states; the broker's answers; and the reweighting of the candidates in place (no model run, no torch).
+"""Guided classification: the questions worth asking about an item, the broker's answers, and the reweighting of the
+candidates in place (no model run, no torch).
 
-A *criterion* (textile material, knitted or not, gender, precious or base metal, footwear uppers, main material,
-power source) is a question with options; an option is a pattern over a code's official text. A candidate "says"
-an option when its text matches it ("Shirts; men's or boys', of cotton (not knitted or crocheted)" says cotton, men's,
-not knitted); a text silent on a criterion is neutral. Questions are offered only where the candidates that hold the
-probability say different things, ranked by expected information gain; the description's own words (and product
-attributes such as a "Material" field) answer a question where they can, as evidence the broker can override.
+The criteria and what each code's text says live in `hs_model.criteria`; the evidence a description states in
+`hs_model.evidence`. Questions are offered only where the candidates that hold the probability say different
+things, ranked by expected information gain; evidence answers a question where it can and the broker can override
+it. `guide` is the one entry point the classifier calls; `apply_answers` re-ranks under the broker's answers.
 """
 
 from __future__ import annotations
@@ -14,21 +12,51 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from hs_core.nomenclature import HsCode, get_nomenclature
+from hs_core.nomenclature import HsCode
+from hs_model.criteria import (
+    CRITERIA,
+    CRITERION,
+    EVIDENCE_MISMATCH,
+    HEADING,
+    HEADING_OPTIONS,
+    MISMATCH,
+    NEUTRAL,
+    NONE,
+    UNKNOWN,
+    Criterion,
+    broker_choice,
+    check_answer,
+    likelihood,
+    said,
+)
+from hs_model.evidence import Evidence, read_evidence
 
 if TYPE_CHECKING:
     from hs_model.predict import Candidate, Prediction
 
-NONE = "none"  # "none of these"
-UNKNOWN = "unknown"  # "don't know": leaves the candidates as they are
-MISMATCH = 0.02  # weight of a candidate whose text says another option than the broker's answer
-EVIDENCE_MISMATCH = 0.15  # the same for an answer read from the description (words can mislead: softer)
-NEUTRAL = 0.5  # weight of a candidate whose text says nothing on the criterion, for a specific answer
+# the names callers use, kept importable from here (services, the CLI, evaluation)
+__all__ = [
+    "CRITERION",
+    "NONE",
+    "POOL",
+    "SPLIT_TEMPERATURE",
+    "UNKNOWN",
+    "Guidance",
+    "Question",
+    "apply_answers",
+    "broker_choice",
+    "check_answer",
+    "guide",
+    "make_questions",
+    "read_evidence",
+    "reweighted_scores",
+    "said",
+]
+
 POOL = 30  # candidates per level the guidance keeps from the model (questions look beyond the shown top 5)
 # Tempering of within-heading splits: T=4 where a criterion of the texts separates the subheadings (material,
 # knitted, gender…: what descriptions rarely state and the model cannot see), T=2 elsewhere. On the UK parcels'
@@ -39,389 +67,6 @@ OTHER_SPLIT_TEMPERATURE = 2.0
 CONFIDENT = 0.9  # no question when the top subheading holds this much and the evidence agrees
 MIN_GAIN = 0.3  # bits: a question expected to tell less is not worth a click (chosen on UK validation: 1.4 a item)
 MAX_QUESTIONS = 2
-
-# Negated or qualifying spans removed before a positive option is matched: "of textile materials (other than
-# cotton)" does not say cotton; "whether or not plated with precious metal" does not say precious metal.
-_NEGATED = re.compile(
-    r"\((?:other than|excluding|not including)[^)]*\)|(?:other than|excluding|whether or not)[^;,()]*", re.IGNORECASE
-)
-
-
-@dataclass(frozen=True)
-class Option:
-    key: str
-    label: str
-    pattern: re.Pattern[str]
-
-    def said_by(self, text: str) -> bool:
-        return bool(self.pattern.search(text))
-
-
-@dataclass(frozen=True)
-class Criterion:
-    """One question the nomenclature asks of goods, with the options its texts use."""
-
-    key: str
-    question: str
-    options: tuple[Option, ...]
-    chapters: frozenset[str] | None = None  # where the criterion decides anything; None = everywhere
-    exclusive: bool = True  # a code says at most one option (the first its text matches)
-    broad: bool = False  # a code silent on it takes its chapter's, then its section's, words (the path)
-
-    def option(self, key: str) -> Option:
-        return next(o for o in self.options if o.key == key)
-
-    def applies(self, code: str) -> bool:
-        return self.chapters is None or code[:2] in self.chapters
-
-
-def _opt(key: str, label: str, pattern: str) -> Option:
-    return Option(key, label, re.compile(pattern, re.IGNORECASE))
-
-
-def _chapters(*spans: tuple[int, int]) -> frozenset[str]:
-    return frozenset(f"{c:02d}" for lo, hi in spans for c in range(lo, hi + 1))
-
-
-CRITERIA: tuple[Criterion, ...] = (
-    Criterion(
-        "knitted",
-        "Is the fabric knitted or crocheted?",
-        (
-            _opt("not_knitted", "Not knitted or crocheted (woven, etc.)", r"\bnot knitted or crocheted"),
-            _opt("knitted", "Knitted or crocheted", r"(?<!not )\bknitted or crocheted"),
-        ),
-        _chapters((60, 63)),
-    ),
-    Criterion(
-        "textile",
-        "Which textile material predominates by weight?",
-        (
-            _opt("cotton", "Of cotton", r"\bcotton\b"),
-            _opt("wool", "Of wool or fine animal hair", r"\bwool\b|fine animal hair|kashmir|cashmere"),
-            _opt("synthetic", "Of synthetic or man-made fibres (polyester, nylon…)", r"synthetic|man-made"),
-            _opt("artificial", "Of artificial fibres (viscose, rayon…)", r"\bartificial fibres"),
-            _opt("silk", "Of silk", r"\bsilk\b"),
-            _opt("flax", "Of flax (linen)", r"\bflax\b"),
-            _opt("other_textile", "Of other textile materials", r"\bof (?:other )?textile materials\b"),
-        ),
-        _chapters((50, 63)),
-    ),
-    Criterion(
-        "gender",
-        "Who is it for?",
-        (
-            _opt("babies", "Babies", r"\bbabies'"),
-            _opt("women", "Women or girls", r"\bwomen's|\bgirls'"),
-            _opt("men", "Men or boys", r"\bmen's|\bboys'"),
-        ),
-        _chapters((61, 62)),
-    ),
-    Criterion(
-        "metal",
-        "What is the jewellery or article made of?",
-        (
-            _opt("clad", "Base metal clad with precious metal", r"clad with precious metal"),
-            _opt("silver", "Silver (precious metal)", r"\bof silver\b"),
-            _opt("precious", "Gold, platinum or other precious metal", r"\bof precious metal|\bgold\b|platinum"),
-            _opt("base", "Base metal (steel, brass, zinc alloy…), plated or not", r"\bbase metal"),
-            _opt("non_metal", "Not metal (plastics, glass, wood…)", r"imitation, of\s*(?:,|$)"),
-        ),
-        _chapters((71, 71)),
-    ),
-    Criterion(
-        "uppers",
-        "What are the uppers made of?",
-        (
-            _opt("leather", "Leather", r"uppers (?:of|consisting of) leather"),
-            _opt("rubber_plastics", "Rubber or plastics", r"uppers of rubber or plastics"),
-            _opt("textile_uppers", "Textile materials", r"uppers of textile"),
-        ),
-        _chapters((64, 64)),
-    ),
-    Criterion(
-        "material",
-        "What is it mainly made of?",
-        (
-            _opt("plastics", "Plastics", r"\bplastics?\b"),
-            _opt("rubber", "Rubber", r"\brubber\b"),
-            _opt("leather", "Leather", r"\bleather\b"),
-            _opt("textile", "Textile materials", r"\btextile"),
-            _opt("wood", "Wood", r"\bwood(?:en)?\b"),
-            _opt("paper", "Paper or paperboard", r"\bpaper"),
-            _opt("glass", "Glass", r"\bglass\b"),
-            _opt("ceramic", "Ceramic or porcelain", r"ceramic|porcelain"),
-            _opt("precious_metal", "Precious metal", r"precious metal"),
-            _opt("hair", "Human or animal hair", r"\bhuman hair|\banimal hair|\bhair of"),
-            _opt(
-                "base_metal",
-                "Base metal (iron, steel, aluminium, copper, zinc…)",
-                r"base metal|\biron\b|\bsteel\b|\balumini?um\b|\bcopper\b|\bzinc\b|\bnickel\b|\btin\b",
-            ),
-        ),
-        exclusive=False,
-        broad=True,
-    ),
-    Criterion(
-        "power",
-        "How is it powered?",
-        (
-            _opt("non_electric", "Not electric (manual, mechanical)", r"non-electric|hand-operated|\bmanual"),
-            _opt("engine", "Combustion engine", r"spark-ignition|compression-ignition|internal combustion"),
-            _opt("pneumatic", "Pneumatic or hydraulic", r"pneumatic|hydraulic"),
-            _opt("electric", "Electric (mains or battery)", r"(?<!non-)\belectric|\belectro-|\bbattery"),
-        ),
-    ),
-)
-# "Which of these is it?" over the candidates' own headings: its options are the headings that hold the most
-# probability (4-digit codes, labelled with their official texts), so it has no fixed option list.
-HEADING = Criterion("heading", "Which of these describes the goods?", ())
-CRITERION = {c.key: c for c in (*CRITERIA, HEADING)}
-HEADING_OPTIONS = 4  # at most this many headings offered
-
-
-# ------------------------------------------------------------------------------------------------- codes
-
-
-def said(criterion: Criterion, code: str) -> frozenset[str]:
-    """The options of `criterion` that the code's official path says, read from the most specific text that
-    speaks (HS 2022 subheading texts are self-contained: "T-shirts, singlets and other vests; of cotton, knitted or
-    crocheted"); empty when the path is silent on it."""
-    return _said(criterion.key, code)
-
-
-@functools.lru_cache(maxsize=65536)
-def _said(key: str, code: str) -> frozenset[str]:
-    if key == HEADING.key:
-        return frozenset({code[:4]}) if len(code) >= 4 else frozenset()
-    criterion = CRITERION[key]
-    if not criterion.applies(code):
-        return frozenset()
-    # the code's own text, else its heading's; for broad criteria then its chapter's and section's (the path)
-    texts = [code, code[:4]] if len(code) == 6 else [code]
-    if criterion.broad:
-        texts += [code[:2], "section"]
-    for source in dict.fromkeys(texts):
-        if source == "section":
-            text = get_nomenclature().section(code).name
-        else:
-            text = _NEGATED.sub(" ", HsCode(source).description)
-        found = [o.key for o in criterion.options if o.said_by(text)]
-        if found:
-            return frozenset(found[:1] if criterion.exclusive else found)
-    return frozenset()
-
-
-def check_answer(key: str, value: str) -> None:
-    """Refuse an answer that is not a question's option.
-
-    Raises:
-        ValueError: an unknown question or option (the message lists the valid ones).
-    """
-    if key not in CRITERION:
-        raise ValueError(f"unknown question {key!r}; questions are: {', '.join(CRITERION)}")
-    if key == HEADING.key:
-        if not (value in (NONE, UNKNOWN) or (len(value) == 4 and value.isdigit())):
-            raise ValueError(f"{key}={value!r} is not an option; give a 4-digit heading, {NONE} or {UNKNOWN}")
-        return
-    valid = [o.key for o in CRITERION[key].options] + [NONE, UNKNOWN]
-    if value not in valid:
-        raise ValueError(f"{key}={value!r} is not an option; options: {', '.join(valid)}")
-
-
-def broker_choice(criterion: Criterion, offered: Sequence[str], code: str) -> str:
-    """The simulated broker: the first offered option whose words the code's official text holds, else "none"."""
-    found = said(criterion, code)
-    return next((key for key in offered if key in found), NONE)
-
-
-def likelihood(
-    criterion: Criterion,
-    code: str,
-    answer: str,
-    mismatch: float = MISMATCH,
-    neutral: float = NEUTRAL,
-    offered: frozenset[str] | None = None,
-) -> float:
-    """How much an answer keeps a code: 1 if its text says the answer, `mismatch` if it says only other options,
-    `neutral` if it is silent; for "none of these", `mismatch` if it says one of the `offered` options (any option
-    when None), else 1; "don't know" keeps everything."""
-    if answer == UNKNOWN:
-        return 1.0
-    found = said(criterion, code)
-    if answer == NONE:
-        return mismatch if (found & offered if offered is not None else found) else 1.0
-    if not found:
-        return neutral
-    return 1.0 if found & set(answer.split("|")) else mismatch  # evidence may allow several: "plastics|rubber"
-
-
-# ------------------------------------------------------------------------------------------------- evidence
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """Words of the input that answer a criterion ("PU leather" -> material: plastics, not leather)."""
-
-    criterion: str
-    option: str
-    words: str  # as found in the input
-    source: str  # "description" or "attributes"
-
-    @property
-    def label(self) -> str:
-        return " or ".join(CRITERION[self.criterion].option(o).label for o in self.option.split("|"))
-
-    def to_dict(self) -> dict[str, str]:
-        return {
-            "criterion": self.criterion,
-            "option": self.option,
-            "label": self.label,
-            "words": self.words,
-            "source": self.source,
-        }
-
-
-# Most specific first: a phrase found is blanked out so "PU leather" never also reads as "leather".
-_EVIDENCE_RULES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-    (
-        r"\b(?:pu|pvc|faux|fake|vegan|synthetic|artificial|imitation|eco|polyurethane) ?-?leather\b|\bleatherette\b",
-        (("material", "plastics"), ("uppers", "rubber_plastics")),
-    ),
-    (
-        r"\b(?:genuine|real|full[- ]grain|top[- ]grain|cow|calf|sheep|goat|pig)(?:skin)? ?leather\b|\bcowhide\b",
-        (("material", "leather"), ("uppers", "leather")),
-    ),
-    (r"\bleather\b", (("material", "leather"), ("uppers", "leather"))),
-    (
-        r"\bgold[- ]?(?:colou?r|tone|toned|plated|plating|filled)\b|\bsilver[- ]?(?:colou?r|tone|toned|plated|plating)\b"
-        r"|\b(?:gold|silver|rhodium)[- ]plated\b|\bplated\b",
-        (("metal", "base"),),
-    ),
-    (r"\bprecious metal\b", (("metal", "precious"), ("material", "precious_metal"))),
-    (r"\b(?:925|sterling)(?: silver)?\b|\bs925\b", (("metal", "silver"), ("material", "precious_metal"))),
-    (
-        r"\b(?:9|10|14|18|22|24) ?(?:k|kt|karat|carat)\b(?: (?:solid )?gold)?|\bsolid gold\b|\bplatinum\b",
-        (("metal", "precious"), ("material", "precious_metal")),
-    ),
-    (r"\bstainless steel\b|\bsteel\b|\biron\b", (("material", "base_metal"), ("metal", "base"))),
-    (
-        r"\b(?:zinc|alloy|brass|titanium|tungsten|copper|bronze|pewter|tin|alumini?um|metal)\b",
-        (("material", "base_metal"), ("metal", "base")),
-    ),
-    (r"\bsilicone\b", (("material", "plastics|rubber"), ("uppers", "rubber_plastics"))),  # 39 or 40: the form decides
-    (r"\brubber\b|\blatex\b|\bneoprene\b", (("material", "rubber"), ("uppers", "rubber_plastics"))),
-    (
-        r"\bplastics?\b|\bpvc\b|\babs\b|\bpolypropylene\b|\bpolyethylene\b|\bpp\b|\bpe\b|\bresin\b|\bacrylic sheet\b"
-        r"|\beva\b|\bpolycarbonate\b|\bnylon plastic\b",
-        (("material", "plastics"), ("uppers", "rubber_plastics"), ("metal", "non_metal")),
-    ),
-    (r"\bwood(?:en)?\b|\bbamboo\b|\bplywood\b", (("material", "wood"),)),
-    (r"\bglass\b|\bcrystal\b", (("material", "glass"),)),
-    (r"\bceramic\b|\bporcelain\b|\bstoneware\b", (("material", "ceramic"),)),
-    (r"\bpaper\b|\bcardboard\b|\bpaperboard\b", (("material", "paper"),)),
-    (r"\b(?:knit|knitted|knitwear|jersey|crochet|crocheted)\b", (("knitted", "knitted"),)),
-    (r"\b(?:woven|denim|poplin|chiffon|twill|oxford cloth)\b", (("knitted", "not_knitted"),)),
-    (r"\b(?:babies|baby|infant|infants|newborn|toddler)\b", (("gender", "babies"),)),
-    (r"\b(?:women|women's|womens|woman|ladies|lady|girls|girl's|girl|female)\b", (("gender", "women"),)),
-    (r"\b(?:men|men's|mens|man|boys|boy's|boy|male|gents)\b", (("gender", "men"),)),
-    (
-        r"\b(?:electric|electrical|battery|batteries|rechargeable|usb|cordless|mains|powered|plug-in|motorised|motorized)\b",
-        (("power", "electric"),),
-    ),
-    (r"\b(?:manual|hand-operated|hand operated|non-electric)\b", (("power", "non_electric"),)),
-)
-_EVIDENCE = tuple((re.compile(p, re.IGNORECASE), pairs) for p, pairs in _EVIDENCE_RULES)
-
-_FIBRES = {
-    "cotton": "cotton",
-    "wool": "wool",
-    "merino": "wool",
-    "cashmere": "wool",
-    "mohair": "wool",
-    "polyester": "synthetic",
-    "nylon": "synthetic",
-    "polyamide": "synthetic",
-    "acrylic": "synthetic",
-    "spandex": "synthetic",
-    "elastane": "synthetic",
-    "lycra": "synthetic",
-    "polypropylene": "synthetic",
-    "microfiber": "synthetic",
-    "microfibre": "synthetic",
-    "viscose": "artificial",
-    "rayon": "artificial",
-    "modal": "artificial",
-    "lyocell": "artificial",
-    "tencel": "artificial",
-    "silk": "silk",
-    "linen": "flax",
-    "flax": "flax",
-}
-_FIBRE = re.compile(
-    r"(?:(\d{1,3}(?:\.\d+)?)\s*%\s*)?\b(" + "|".join(_FIBRES) + r")\b(?:\s*(\d{1,3}(?:\.\d+)?)\s*%)?", re.I
-)
-
-
-def _fibre_evidence(text: str, source: str) -> list[Evidence]:
-    """The textile material that predominates: by the stated percentages, else the only fibre named."""
-    shares: dict[str, float] = {}
-    words: dict[str, str] = {}
-    for m in _FIBRE.finditer(text):
-        option = _FIBRES[m.group(2).lower()]
-        share = float(m.group(1) or m.group(3) or 0)
-        shares[option] = shares.get(option, 0.0) + share
-        words.setdefault(option, m.group(0).strip())
-    if not shares:
-        return []
-    if len(shares) > 1 and max(shares.values()) == 0:
-        return []  # several fibres, no percentages: which predominates is not stated
-    best = max(shares, key=shares.__getitem__)
-    return [Evidence("textile", best, words[best], source), Evidence("material", "textile", words[best], source)]
-
-
-_MATERIAL_KEY = re.compile(r"material|fabric|metal|composition|upper|power", re.IGNORECASE)
-
-
-def read_evidence(text: str | None, attributes: Mapping[str, object] | None = None) -> list[Evidence]:
-    """Material, construction, gender and power words of the input, mapped to the nomenclature's options.
-
-    Args:
-        text: the product description.
-        attributes: product attributes (e.g. HSCodeComp's {"Material": "Stainless Steel"}); material-like keys
-            are read as the description is and win over it.
-
-    Returns:
-        At most one piece of evidence per criterion; a criterion on which the input says two different things
-        (e.g. "cotton and polyester", no percentages) gets none.
-    """
-    found: dict[str, list[Evidence]] = {}
-    sources: list[tuple[str, str]] = []
-    for key, value in (attributes or {}).items():
-        if isinstance(value, str) and _MATERIAL_KEY.search(str(key)):
-            sources.append((value, "attributes"))
-    sources.append((text or "", "description"))
-    for chunk, source in sources:
-        local: dict[str, list[Evidence]] = {}
-        for ev in _fibre_evidence(chunk, source):
-            local.setdefault(ev.criterion, []).append(ev)
-        rest = chunk
-        for pattern, pairs in _EVIDENCE:
-            for m in pattern.finditer(rest):
-                for criterion, option in pairs:
-                    local.setdefault(criterion, []).append(Evidence(criterion, option, m.group(0), source))
-            rest = pattern.sub(" ", rest)
-        for criterion, items in local.items():
-            found.setdefault(criterion, items)  # attributes come first and win over the description
-    out = []
-    for criterion, items in found.items():
-        options = {ev.option for ev in items}
-        if len(options) == 1:
-            out.append(items[0])
-        elif criterion == "material" and "textile" in options and len(options) == 2:
-            out.append(next(ev for ev in items if ev.option != "textile"))  # "cotton bag with PU leather trim"
-    return out
-
 
 # ------------------------------------------------------------------------------------------------- questions
 
