@@ -21,8 +21,9 @@ import numpy as np
 import scipy.sparse as sp  # type: ignore[import-untyped]  # scipy ships no type information (no py.typed)
 import torch
 
+from hs_model.lexical import _hash
 from hs_model.model import LabelSpace
-from hs_model.precedents import PrecedentIndex, VoteConfig, _hash, code_tables, fuse_log_probs
+from hs_model.precedents import PrecedentIndex, VoteConfig, code_tables, fuse_log_probs
 
 VOCAB = 30_000
 

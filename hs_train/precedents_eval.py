@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hs_model.lexical import LexicalIndex
 from hs_model.precedents import (
-    LexicalIndex,
     Neighbours,
     PrecedentIndex,
     VoteConfig,

@@ -9,16 +9,15 @@ from rank_bm25 import BM25Okapi
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from hs_core.settings import DEFAULT_MODEL_DIR
+from hs_model.lexical import LexicalIndex, tokens
 from hs_model.model import LabelSpace
 from hs_model.precedents import (
     INDEX_FILE,
-    LexicalIndex,
     PrecedentIndex,
     VoteConfig,
     code_tables,
     fuse_log_probs,
     summary,
-    tokens,
     valid_code_set,
 )
 
