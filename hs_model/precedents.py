@@ -458,18 +458,29 @@ def voted_rows(votes: Votes, n: int) -> torch.Tensor:
 
 
 def summary(code: str, precedents: Sequence[Precedent]) -> str | None:
-    """ "4 earlier rulings on similar goods: 6506.10" for the precedents of `code` that voted; None when none."""
-    mine = [p for p in precedents if p.weight > 0 and (p.code.startswith(code) or code.startswith(p.code))]
-    if not mine:
-        return None
+    """ "4 earlier rulings on similar goods: 6506.10" for the precedents that voted for `code` or a code under it;
+    None when none did. Precedents labelled only at a coarser level (a catalogue title known to its heading) voted
+    for that level, not for this subheading: "5 labelled precedents on similar goods: heading 6110"."""
+    voted = [p for p in precedents if p.weight > 0]
+    mine = [p for p in voted if p.code.startswith(code)]
+    where = _shown(code)
+    if not mine:  # only coarser labels above `code`: say which level they name
+        above = [p for p in voted if code.startswith(p.code)]
+        if not above:
+            return None
+        parent = min((p.code for p in above), key=len)
+        mine, where = above, f"{'heading' if len(parent) == 4 else 'chapter'} {_shown(parent)}"
     kinds = {p.dataset for p in mine}
     noun = "earlier rulings" if kinds <= {"cbp_rulings"} else "labelled precedents"
     if kinds <= {"reviewed"}:
         noun = "reviewed decisions"
     if len(mine) == 1:
         noun = noun.replace("rulings", "ruling").replace("precedents", "precedent").replace("decisions", "decision")
-    shown = f"{code[:4]}.{code[4:]}" if len(code) == 6 else code
-    return f"{len(mine)} {noun} on similar goods: {shown}"
+    return f"{len(mine)} {noun} on similar goods: {where}"
+
+
+def _shown(code: str) -> str:
+    return f"{code[:4]}.{code[4:]}" if len(code) == 6 else code
 
 
 def valid_code_set() -> frozenset[str]:

@@ -231,3 +231,14 @@ def test_batch_results_carry_the_precedents_line_of_the_top_code():
         "6506": "4 earlier rulings on similar goods: 6506",
         "65": "4 earlier rulings on similar goods: 65",
     }
+
+
+def test_a_summary_names_the_level_a_coarse_precedent_voted_for():
+    from hs_model.precedents import Precedent
+
+    heading_only = [Precedent(f"men sweater {i}", "6110", "myntra", str(i), "", 0.8, 0.3) for i in range(5)]
+    exact = Precedent("cotton pullover", "611020", "cbp_rulings", "N1:short", "2026-02-01", 0.9, 0.4)
+    assert summary("611020", heading_only) == "5 labelled precedents on similar goods: heading 6110"
+    assert summary("6110", heading_only) == "5 labelled precedents on similar goods: 6110"
+    assert summary("611020", [*heading_only, exact]) == "1 earlier ruling on similar goods: 6110.20"
+    assert summary("610910", heading_only) is None
