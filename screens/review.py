@@ -188,8 +188,8 @@ def candidate_tables(detail) -> None:
                     "Code": [c.formatted for c in candidates],
                     "Probability": [percent(c.score) for c in candidates],
                     "Submitted": ["✔" if submitted.startswith(c.code) else "" for c in candidates],
+                    "Precedents": [c.precedents or "" for c in candidates],  # what raised it, before the long text
                     "Official description": [c.description for c in candidates],
-                    "Precedents": [c.precedents or "" for c in candidates],
                 }
             )
             st.dataframe(
