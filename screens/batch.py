@@ -178,6 +178,8 @@ def results_table(result) -> None:
             "Error": [r["error"] or "" for r in rows],
         }
     )
+    if not frame["Question"].any():  # no line has one: no empty column pushing the codes off screen
+        frame = frame.drop(columns="Question")
     st.dataframe(
         frame,
         hide_index=True,
