@@ -161,6 +161,10 @@ def results_table(result) -> None:
             "Item": [f"#{r['line_item_id']}" if r["line_item_id"] else "" for r in rows],
             "Status": [r["status"] for r in rows],
             "Review": ["⚠ review" if r["needs_review"] else "" for r in rows],  # a table shows no :icon: directives
+            "Record": [  # the same product in the classification record, and its code (or a conflict)
+                (format_code(r["record_code"]) if r.get("record_code") else "conflict" if r.get("record") else "")
+                for r in rows
+            ],
             **{
                 f"{name} {k}": [
                     (format_code(r[f"code_{k}"]) + f" ({percent(r[f'score_{k}'])})") if r[f"code_{k}"] else ""

@@ -64,6 +64,13 @@ class TowerEmbedder:
         return self.classifier.text_tower.encode_text([t or " " for t in texts]).numpy()
 
 
+def embedder_for(classifier: object) -> Embedder | None:
+    """The classifier's text tower as an embedder; None for a classifier without towers (test stand-ins)."""
+    if getattr(classifier, "text_tower", None) is None:
+        return None
+    return TowerEmbedder(classifier)  # type: ignore[arg-type]  # any object with a text tower will do
+
+
 # -- importing -----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ImportResult:

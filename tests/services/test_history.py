@@ -279,3 +279,45 @@ def test_xlsx_files_are_read_like_csv(factory, actors):
     checked = check_history_file("h.xlsx", buf.getvalue())
     assert [r.hs6 for r in checked.rows] == ["691200"]
     assert [(p.line, p.problem) for p in checked.problems] == [(3, "empty description")]
+
+
+def test_classify_shows_the_record_and_the_reviewer_sees_it(factory, actors, tmp_path):
+    from services.classify import classify_and_record, submit_decision
+    from tests.test_batch import FakeBatchClassifier
+
+    emb = WordEmbedder()
+    with factory.begin() as session:
+        _import(session, actors["admin"], embedder=emb)
+    with factory.begin() as session:
+        recorded = classify_and_record(session, FakeBatchClassifier(), actors["broker"], photos=[], embedder=emb,
+                                       text="Stainless steel kitchen knife set of five pieces",
+                                       photo_root=tmp_path)  # fmt: skip
+    assert recorded.record is not None and recorded.record.code == "821191"
+    assert recorded.prediction.levels[6]  # the model's candidates are still there, beside the record
+    with factory.begin() as session:
+        submit_decision(session, actors["broker"], line_item_id=recorded.line_item_id, code="821191",
+                        justification=f"From the record: {recorded.record.summary()}")  # fmt: skip
+    with factory.begin() as session:
+        note = history.record_note(session, actors["reviewer"], recorded.line_item_id)
+    assert note is not None and note.code == "821191" and not note.conflict
+    assert "imported from firm.csv" in note.summary
+
+
+def test_batch_results_say_which_lines_matched_the_record(factory, actors, tmp_path):
+    from db.engine import run_transaction
+    from services.batch import OUTPUT_COLUMNS, check_batch, results_csv, run_batch
+    from tests.test_batch import FakeBatchClassifier
+
+    emb = WordEmbedder()
+    with factory.begin() as session:
+        _import(session, actors["admin"], "description,code\nceramic mug,691200\nceramic mug,691110\n", embedder=emb)
+        _import(session, actors["admin"], "description,code\nglass vase,701391\n", "b.csv", embedder=emb)
+    check = check_batch("b.csv", b"line_ref,description\nL1,Glass vase\nL2,ceramic mug\nL3,a bicycle bell\n")
+    result = run_batch(lambda fn: run_transaction(factory, fn), FakeBatchClassifier(), actors["broker"], check,
+                       shipment_ref="S-1", photo_root=tmp_path, embedder=emb)  # fmt: skip
+    cells = [(r["record_code"], (r["record"] or "")[:8]) for r in result.records]
+    assert cells == [("701391", "Same pro"), (None, "Conflict"), (None, "")]
+    assert b'"=""7013.91"""' in results_csv(result.records, OUTPUT_COLUMNS)
+    again = run_batch(lambda fn: run_transaction(factory, fn), FakeBatchClassifier(), actors["broker"], check,
+                      shipment_ref="S-1", photo_root=tmp_path, embedder=emb)  # fmt: skip
+    assert again.resumed == 3 and [r["record_code"] for r in again.records] == ["701391", None, None]
