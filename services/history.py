@@ -254,7 +254,7 @@ def refresh(session: Session, index: HistoryIndex, embedder: Embedder, batch: in
                     Source(
                         "imported",
                         r.hs6,
-                        f"imported from {r.file_name} on {r.imported_at:%Y-%m-%d} (line {r.line_no})",
+                        f"line {r.line_no} of {r.file_name}, imported on {r.imported_at:%Y-%m-%d}",
                         r.description,
                         history_row_id=r.id,
                         import_id=r.import_id,

@@ -74,7 +74,7 @@ class Source:
 
     kind: str  # approved | corrected | imported
     code: str  # HS6
-    label: str  # "line item #12, approved by rita on 2026-11-30" / "imported from firm.csv on 2026-12-02 (line 7)"
+    label: str  # "line item #12, approved by rita on 2026-11-30" / "line 7 of firm.csv, imported on 2026-12-02"
     description: str
     line_item_id: int | None = None
     history_row_id: int | None = None

@@ -142,7 +142,7 @@ def test_retraction_is_audited_and_takes_the_rows_out_of_the_record(factory, act
     with factory.begin() as session:
         match = history.find_match(session, emb, "men's knitted cotton t-shirt, crew neck")
         assert match is not None and match.how == "description" and match.code == "610910"
-        assert "imported from firm.csv" in match.summary()
+        assert "of firm.csv, imported on" in match.summary()
     with factory.begin() as session:
         history.retract_import(session, actors["admin"], imp.import_id, "wrong customer's file")
     with factory.begin() as session, pytest.raises(InvalidInput, match="already retracted"):
@@ -300,7 +300,7 @@ def test_classify_shows_the_record_and_the_reviewer_sees_it(factory, actors, tmp
     with factory.begin() as session:
         note = history.record_note(session, actors["reviewer"], recorded.line_item_id)
     assert note is not None and note.code == "821191" and not note.conflict
-    assert "imported from firm.csv" in note.summary
+    assert "of firm.csv, imported on" in note.summary
 
 
 def test_batch_results_say_which_lines_matched_the_record(factory, actors, tmp_path):
