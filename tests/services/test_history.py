@@ -321,3 +321,23 @@ def test_batch_results_say_which_lines_matched_the_record(factory, actors, tmp_p
     again = run_batch(lambda fn: run_transaction(factory, fn), FakeBatchClassifier(), actors["broker"], check,
                       shipment_ref="S-1", photo_root=tmp_path, embedder=emb)  # fmt: skip
     assert again.resumed == 3 and [r["record_code"] for r in again.records] == ["701391", None, None]
+
+
+def test_fine_tuning_collects_imported_decisions_with_their_provenance(factory, actors, item_id):
+    from services.finetune import collect_reviewed, training_provenance
+
+    with factory.begin() as session:
+        queries.add_decision(session, line_item_id=item_id, kind="submitted", code="610910",
+                             user_id=actors["broker"].user_id, role="broker", comment="")  # fmt: skip
+        queries.add_decision(session, line_item_id=item_id, kind="approved", code="610910",
+                             user_id=actors["reviewer"].user_id, role="reviewer", comment="")  # fmt: skip
+        _import(session, actors["admin"])
+        gone = _import(session, actors["admin"], "description,code\nold wrong row,010121\n", "old.csv")
+        history.retract_import(session, actors["admin"], gone.import_id, "wrong file")
+    with factory.begin() as session:
+        items = collect_reviewed(session)
+        provenance = training_provenance(session, items)
+    assert [i.code for i in items] == ["610910", "610910", "821191", "950300"]  # the retracted row is left out
+    assert items[0].line_item_id == item_id and all(i.line_item_id < 0 for i in items[1:])
+    assert provenance["reviewed"] == 1 and provenance["imported"] == 3
+    assert list(provenance["imports"].values()) == [3] and "firm.csv" in next(iter(provenance["imports"]))
