@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hs_core.settings import get_settings
 
@@ -60,7 +61,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     images = decode_images([existing(p) for p in args.image])
     validate_query(args.text, images)  # before the model loads: bad input fails fast
     answers = _answers(args.answer)
-    lookup = getattr(args, "record_lookup", None)
+    lookup: Callable[..., Any] | None = getattr(args, "record_lookup", None)
     if args.history_db and lookup is None:
         raise UserError("--history-db needs the app's services: run it as python -m hs_model predict")
     classifier = load_classifier(args)
@@ -70,7 +71,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         pred = apply_answers(pred, answers)
     # the record (approved, corrected, imported decisions of a database): a service the entry point hands in
-    record = lookup(args.history_db, classifier, args.text, args.sku, args.importer) if args.history_db else None
+    record = None
+    if args.history_db and lookup is not None:
+        record = lookup(args.history_db, classifier, args.text, args.sku, args.importer)
     if args.json:
         out = pred.to_json() | ({"record": record} if args.history_db else {})
         print(json.dumps(out, ensure_ascii=False, indent=2))

@@ -40,8 +40,11 @@ MAX_REASON_CHARS = 2_000
 class Embedder(Protocol):
     """Texts -> unit vectors [N, dim] (float32); `name` says which text tower, so stored vectors are reused."""
 
-    name: str
-    dim: int
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
 
     def encode(self, texts: Sequence[str]) -> np.ndarray: ...
 
@@ -389,3 +392,42 @@ def record_note(session: Session, actor: Actor | None, line_item_id: int) -> Rec
 
 def file_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class CheckedUpload:
+    """An uploaded history file (and photos zip), checked row by row; nothing written yet."""
+
+    file: HistoryFile
+    photos: ZipPhotos | None
+    photos_name: str | None
+    photos_sha256: str | None
+
+
+def check_upload(
+    actor: Actor | None, name: str, data: bytes, zip_name: str | None = None, zip_data: bytes | None = None
+) -> CheckedUpload:
+    """Check an upload before anything is written (admins).
+
+    Raises:
+        PermissionDenied: Not an admin.
+        InvalidInput: The file or zip as a whole cannot be used (the message says why).
+    """
+    from services.history_file import HistoryFileError, check_history_file, open_photos
+
+    require_role(actor, "admin", action="import a classification history")
+    try:
+        photos = open_photos(zip_name or "photos.zip", zip_data) if zip_data is not None else None
+        checked = check_history_file(name, data, photos)
+    except HistoryFileError as exc:
+        raise InvalidInput(str(exc)) from None
+    return CheckedUpload(checked, photos, zip_name, file_sha256(zip_data) if zip_data is not None else None)
+
+
+def import_upload(
+    session: Session, actor: Actor | None, upload: CheckedUpload, classifier: object, photo_root: Path | None = None
+) -> ImportResult:
+    """`import_history` of a checked upload, with the classifier's text tower for the row vectors."""
+    return import_history(session, actor, upload.file, photos=upload.photos, photos_name=upload.photos_name,
+                          photos_sha256=upload.photos_sha256, embedder=embedder_for(classifier),
+                          photo_root=photo_root)  # fmt: skip

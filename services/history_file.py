@@ -112,7 +112,7 @@ def _read_table(name: str, data: bytes) -> tuple[list[str], list[tuple[int, list
         header = next(reader, None)
         if header is None:
             raise HistoryFileError(f"{name}: the file is empty.")
-        rows = []
+        rows: list[tuple[int, list[str]]] = []
         for cells in reader:
             if len(rows) >= MAX_ROWS:
                 raise HistoryFileError(f"{name}: more than {MAX_ROWS:,} rows; split the file.")
@@ -135,7 +135,7 @@ def _read_xlsx(name: str, data: bytes) -> tuple[list[str], list[tuple[int, list[
         first = next(it, None)
         if first is None:
             raise HistoryFileError(f"{name}: the first sheet is empty.")
-        rows = []
+        rows: list[tuple[int, list[str]]] = []
         for number, values in enumerate(it, start=2):
             if len(rows) >= MAX_ROWS:
                 raise HistoryFileError(f"{name}: more than {MAX_ROWS:,} rows; split the file.")
