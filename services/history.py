@@ -257,10 +257,10 @@ def refresh(session: Session, index: HistoryIndex, embedder: Embedder, batch: in
                     Source(
                         "imported",
                         r.hs6,
-                        f"line {r.line_no} of {r.file_name}, imported on {r.imported_at:%Y-%m-%d}",
-                        r.description,
+                        f"{r.file_name}, imported on {r.imported_at:%Y-%m-%d}",
                         history_row_id=r.id,
                         import_id=r.import_id,
+                        line_no=r.line_no,
                         declared_code=r.code if len(r.code) > 6 else None,
                     )  # fmt: skip
                     for r in rows
@@ -280,8 +280,7 @@ def refresh(session: Session, index: HistoryIndex, embedder: Embedder, batch: in
                         Source(
                             d.kind,
                             d.code or "",
-                            f"line item #{d.line_item_id}, {d.kind} by {d.reviewer} on {d.decided_at:%Y-%m-%d}",
-                            d.description,
+                            f"{d.kind} by {d.reviewer} on {d.decided_at:%Y-%m-%d}",
                             line_item_id=d.line_item_id,
                         )  # fmt: skip
                         for d in keep

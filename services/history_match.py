@@ -6,11 +6,12 @@ Plain numpy, no database and no model: `services.history` fills it from the data
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -74,12 +75,22 @@ class Source:
 
     kind: str  # approved | corrected | imported
     code: str  # HS6
-    label: str  # "line item #12, approved by rita on 2026-11-30" / "line 7 of firm.csv, imported on 2026-12-02"
-    description: str
+    where: str  # "firm.csv, imported on 2026-12-02" / "approved by rita on 2026-11-30"
+    description: str = ""  # kept by the caller's objects only: the index does not hold descriptions
     line_item_id: int | None = None
     history_row_id: int | None = None
     import_id: int | None = None
+    line_no: int | None = None  # the imported row's line in its file
     declared_code: str | None = None  # the national code an import gave (8 or 10 digits), if longer than 6
+
+    @property
+    def label(self) -> str:
+        """ "line 7 of firm.csv, imported on 2026-12-02" / "line item #12, approved by rita on 2026-11-30" """
+        if self.line_item_id is not None:
+            return f"line item #{self.line_item_id}, {self.where}"
+        if self.line_no is not None:
+            return f"line {self.line_no} of {self.where}"
+        return self.where
 
 
 @dataclass(frozen=True)
@@ -121,7 +132,7 @@ class Match:
             "codes": list(self.codes),
             "similarity": round(self.similarity, 4),
             "summary": self.summary(),
-            "sources": [asdict(s) for s in self.sources],
+            "sources": [asdict(s) | {"label": s.label} for s in self.sources],
         }
 
 
@@ -136,39 +147,108 @@ def _codes(sources: Sequence[Source]) -> tuple[str, ...]:
     return tuple(sorted(counts, key=lambda c: -counts[c]))
 
 
-@dataclass
+class HashLookup:
+    """Key -> rows, compact: sorted int64 hashes and rows in numpy, recent additions in a small dict merged in
+    batches (16 bytes a row instead of a Python dict's ~150). Keys are 64-bit hashes of the text: a collision among
+    a million keys has a probability of about 3e-8."""
+
+    def __init__(self, merge_every: int = 65_536) -> None:
+        self.keys = np.zeros(0, np.int64)
+        self.rows = np.zeros(0, np.int64)
+        self.pending: dict[int, list[int]] = {}
+        self.merge_every = merge_every
+
+    @staticmethod
+    def key(text: str) -> int:
+        return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+
+    def add(self, text: str, row: int) -> None:
+        self.pending.setdefault(self.key(text), []).append(row)
+        if len(self.pending) >= self.merge_every:
+            self.merge()
+
+    def merge(self) -> None:
+        if not self.pending:
+            return
+        new_keys = np.fromiter((k for k, rows in self.pending.items() for _ in rows), np.int64)
+        new_rows = np.fromiter((r for rows in self.pending.values() for r in rows), np.int64)
+        keys, rows = np.concatenate([self.keys, new_keys]), np.concatenate([self.rows, new_rows])
+        order = np.lexsort((rows, keys))
+        self.keys, self.rows, self.pending = keys[order], rows[order], {}
+
+    def get(self, text: str) -> list[int]:
+        k = self.key(text)
+        lo, hi = np.searchsorted(self.keys, k, "left"), np.searchsorted(self.keys, k, "right")
+        return self.rows[lo:hi].tolist() + self.pending.get(k, [])
+
+
+KINDS = ("approved", "corrected", "imported")
+
+
 class HistoryIndex:
     """Entries of the record, appended as they come and retired when superseded (a retraction, a re-review).
 
-    Vectors are unit float16 rows of one matrix ([capacity, dim], doubled when full); exact matches are dicts.
-    Above `exact_up_to` rows the vector search probes `n_probe` of about 2·sqrt(n) k-means lists (built on first
-    use, new rows join their nearest list), then ranks the candidates exactly. Thread-safe: one lock.
+    Per row only numbers are kept (about 850 bytes a row at 384 dimensions, 768 of them the vector): a unit float16
+    vector in one matrix ([capacity, dim], doubled when full), the HS6 code, ids, and interned "where" labels and
+    guard-word sets; exact matches go through compact hash lookups. Above `exact_up_to` rows the vector search
+    probes `n_probe` of about 2·sqrt(n) k-means lists (built on first use; new rows join their nearest list), then
+    ranks the candidates exactly. Thread-safe: one lock.
     """
 
-    dim: int
-    threshold: float = NEAR_THRESHOLD
-    exact_up_to: int = EXACT_UP_TO
-    n_probe: int = N_PROBE
-    sources: list[Source] = field(default_factory=list)
-    guards: list[frozenset[str]] = field(default_factory=list)
-    cursors: dict[str, int] = field(default_factory=dict)  # what services.history has read so far
-
-    def __post_init__(self) -> None:
-        self.emb = np.zeros((1024, self.dim), dtype=np.float16)
-        self.active = np.zeros(1024, dtype=bool)
-        self.by_text: dict[str, list[int]] = {}
-        self.by_sku: dict[tuple[str, str], list[int]] = {}
-        self.by_key: dict[tuple[str, int], int] = {}  # ("item", line_item_id) / ("row", history_row_id) -> row
+    def __init__(
+        self, dim: int, threshold: float = NEAR_THRESHOLD, exact_up_to: int = EXACT_UP_TO, n_probe: int = N_PROBE
+    ) -> None:
+        self.dim, self.threshold, self.exact_up_to, self.n_probe = dim, threshold, exact_up_to, n_probe
+        self.cursors: dict[str, int] = {}  # what services.history has read so far
+        self._n = 0
+        cap = 1024
+        self.emb = np.zeros((cap, dim), dtype=np.float16)
+        self.active = np.zeros(cap, dtype=bool)
+        self.codes = np.zeros(cap, dtype="S6")
+        self.declared = np.zeros(cap, dtype="S10")
+        self.kinds = np.zeros(cap, dtype=np.int8)
+        self.ref_ids = np.zeros(cap, dtype=np.int64)  # line item id, or history row id for imported rows
+        self.import_ids = np.zeros(cap, dtype=np.int64)  # 0: not imported
+        self.line_nos = np.zeros(cap, dtype=np.int32)
+        self.where_ids = np.zeros(cap, dtype=np.int32)
+        self.guard_ids = np.zeros(cap, dtype=np.int32)
+        self.wheres: list[str] = []
+        self._where_index: dict[str, int] = {}
+        self.guards: list[frozenset[str]] = []
+        self._guard_index: dict[frozenset[str], int] = {}
+        self.by_text = HashLookup()
+        self.by_sku = HashLookup()
+        self.by_item: dict[int, int] = {}  # line item id -> its row
         self._ivf: tuple[np.ndarray, list[np.ndarray]] | None = None
         self._ivf_rows = 0
         self.lock = threading.RLock()
 
     def __len__(self) -> int:
-        return len(self.sources)
+        return self._n
 
     @property
     def active_count(self) -> int:
-        return int(self.active[: len(self)].sum())
+        return int(self.active[: self._n].sum())
+
+    def _grow(self, need: int) -> None:
+        cap = len(self.emb)
+        if need <= cap:
+            return
+        new = max(2 * cap, need)
+        for name in ("emb", "active", "codes", "declared", "kinds", "ref_ids", "import_ids", "line_nos", "where_ids",
+                     "guard_ids"):  # fmt: skip
+            old = getattr(self, name)
+            grown = np.zeros((new, *old.shape[1:]), dtype=old.dtype)
+            grown[: self._n] = old[: self._n]
+            setattr(self, name, grown)
+
+    @staticmethod
+    def _intern(value, table: list, index: dict) -> int:
+        found = index.get(value)
+        if found is None:
+            found = index[value] = len(table)
+            table.append(value)
+        return found
 
     def add(
         self,
@@ -179,39 +259,59 @@ class HistoryIndex:
     ) -> None:
         """Append entries. vectors: [N, dim] (normalised here; a zero row is never a near duplicate)."""
         with self.lock:
-            n0, n = len(self), len(sources)
+            n0, n = self._n, len(sources)
             if n == 0:
                 return
             vecs = np.asarray(vectors, dtype=np.float32).reshape(n, self.dim)
             norms = np.linalg.norm(vecs, axis=1, keepdims=True)
             vecs = np.divide(vecs, norms, out=np.zeros_like(vecs), where=norms > 0)
-            if n0 + n > len(self.emb):
-                cap = max(2 * len(self.emb), n0 + n)
-                self.emb = np.concatenate([self.emb[:n0], np.zeros((cap - n0, self.dim), np.float16)])
-                self.active = np.concatenate([self.active[:n0], np.zeros(cap - n0, bool)])
+            self._grow(n0 + n)
             self.emb[n0 : n0 + n] = vecs.astype(np.float16)
             self.active[n0 : n0 + n] = True
             for i, (source, text) in enumerate(zip(sources, normalised, strict=True)):
                 row = n0 + i
-                self.sources.append(source)
-                self.guards.append(guard_words(text))
+                self.codes[row] = source.code.encode()
+                self.declared[row] = (source.declared_code or "").encode()
+                self.kinds[row] = KINDS.index(source.kind)
+                self.ref_ids[row] = (
+                    source.line_item_id if source.line_item_id is not None else source.history_row_id or 0
+                )
+                self.import_ids[row] = source.import_id or 0
+                self.line_nos[row] = source.line_no or 0
+                self.where_ids[row] = self._intern(source.where, self.wheres, self._where_index)
+                self.guard_ids[row] = self._intern(guard_words(text), self.guards, self._guard_index)
                 if text:
-                    self.by_text.setdefault(text, []).append(row)
+                    self.by_text.add(text, row)
                 sku = skus[i] if skus is not None else None
                 if sku is not None:
-                    self.by_sku.setdefault(sku, []).append(row)
+                    self.by_sku.add("\x1f".join(sku), row)
                 if source.line_item_id is not None:
-                    self.by_key[("item", source.line_item_id)] = row
-                if source.history_row_id is not None:
-                    self.by_key[("row", source.history_row_id)] = row
+                    self.by_item[source.line_item_id] = row
+            self._n = n0 + n
+
+    def source(self, row: int) -> Source:
+        """The entry of a row, rebuilt from the arrays (descriptions are not kept)."""
+        kind = KINDS[int(self.kinds[row])]
+        imported = kind == "imported"
+        ref = int(self.ref_ids[row])
+        return Source(
+            kind,
+            self.codes[row].decode(),
+            self.wheres[int(self.where_ids[row])],
+            line_item_id=None if imported else ref,
+            history_row_id=ref if imported else None,
+            import_id=int(self.import_ids[row]) or None,
+            line_no=int(self.line_nos[row]) or None,
+            declared_code=self.declared[row].decode() or None,
+        )
 
     def retire_items(self, line_item_ids: Sequence[int]) -> int:
         """Stop line items' entries from matching (their decision changed); returns how many were active."""
-        return self._retire([self.by_key.get(("item", i)) for i in line_item_ids])
+        return self._retire([self.by_item.get(i) for i in line_item_ids])
 
     def retire_import(self, import_id: int) -> int:
         """Stop every row of a retracted import from matching; returns how many were active."""
-        return self._retire([r for r, s in enumerate(self.sources) if s.import_id == import_id])
+        return self._retire(np.nonzero(self.import_ids[: self._n] == import_id)[0].tolist())
 
     def _retire(self, rows: Sequence[int | None]) -> int:
         with self.lock:
@@ -226,15 +326,15 @@ class HistoryIndex:
         """Same SKU for the same importer, else the same normalised description, else the nearest active entries
         above the threshold whose material / number words are the same as the query's; None when nothing is."""
         with self.lock:
-            if sku is not None and (rows := self._alive(self.by_sku.get(sku, ()))):
+            if sku is not None and (rows := self._alive(self.by_sku.get("\x1f".join(sku)))):
                 return self._match("sku", rows, 1.0)
-            if normalised and (rows := self._alive(self.by_text.get(normalised, ()))):
+            if normalised and (rows := self._alive(self.by_text.get(normalised))):
                 return self._match("description", rows, 1.0)
-            if vector is None or not len(self):
+            if vector is None or not self._n:
                 return None
             rows, sims = self.near(np.asarray(vector, dtype=np.float32))
             guard = guard_words(normalised)
-            keep = [(r, s) for r, s in zip(rows, sims, strict=True) if self.guards[r] == guard]
+            keep = [(r, s) for r, s in zip(rows, sims, strict=True) if self.guards[int(self.guard_ids[r])] == guard]
             if not keep:
                 return None
             return self._match("near", [r for r, _ in keep], keep[0][1])
@@ -243,12 +343,13 @@ class HistoryIndex:
         return [r for r in rows if self.active[r]]
 
     def _match(self, how: str, rows: Sequence[int], similarity: float) -> Match:
-        sources = tuple(self.sources[r] for r in sorted(rows, key=lambda r: -r)[:20])  # newest first
+        order = sorted(rows, key=lambda r: -r) if how != "near" else list(rows)  # newest first; near: best first
+        sources = tuple(self.source(r) for r in order[:20])
         return Match(how, float(similarity), sources, _codes(sources))
 
     def near(self, query: np.ndarray, k: int = 10) -> tuple[list[int], list[float]]:
         """Active rows with cosine >= threshold to the query, best first (at most k). [dim] -> rows, cosines."""
-        n = len(self)
+        n = self._n
         norm = float(np.linalg.norm(query))
         if n == 0 or norm == 0 or not np.isfinite(norm):
             return [], []
