@@ -341,3 +341,13 @@ def test_fine_tuning_collects_imported_decisions_with_their_provenance(factory, 
     assert items[0].line_item_id == item_id and all(i.line_item_id < 0 for i in items[1:])
     assert provenance["reviewed"] == 1 and provenance["imported"] == 3
     assert list(provenance["imports"].values()) == [3] and "firm.csv" in next(iter(provenance["imports"]))
+
+
+def test_hash_lookup_finds_rows_before_and_after_a_merge():
+    from services.history_match import HashLookup
+
+    lookup = HashLookup(merge_every=3)
+    for row, text in enumerate(["mug", "vase", "mug", "bell", "lamp", "mug"]):
+        lookup.add(text, row)
+    assert sorted(lookup.get("mug")) == [0, 2, 5] and lookup.get("vase") == [1] and lookup.get("chair") == []
+    assert len(lookup.keys) >= 3  # some rows were merged into the sorted arrays
