@@ -347,7 +347,7 @@ def test_hash_lookup_finds_rows_before_and_after_a_merge():
     from services.history_match import HashLookup
 
     lookup = HashLookup(merge_every=3)
-    for row, text in enumerate(["mug", "vase", "mug", "bell", "lamp", "mug"]):
-        lookup.add(text, row)
+    for row, word in enumerate(["mug", "vase", "mug", "bell", "lamp", "mug"]):
+        lookup.add(word, row)
     assert sorted(lookup.get("mug")) == [0, 2, 5] and lookup.get("vase") == [1] and lookup.get("chair") == []
     assert len(lookup.keys) >= 3  # some rows were merged into the sorted arrays
