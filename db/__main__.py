@@ -13,10 +13,10 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
-from db.decision_log import DecisionFilter
+from db.decision_log import LOG_KINDS, DecisionFilter
 from db.engine import default_db_url, make_engine, make_session_factory, run_transaction, upgrade
 from db.export import FORMATS, export_decision_log, record_export
-from db.models import DECISION_KINDS, ROLES
+from db.models import ROLES
 from hs_core.files import atomic_write_bytes
 from hs_core.settings import get_settings
 
@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file, or - for stdout")
     p.add_argument("--since", help="first UTC day (YYYY-MM-DD) or ISO date-time")
     p.add_argument("--until", help="last UTC day, inclusive (YYYY-MM-DD) or ISO date-time")
-    p.add_argument("--status", choices=DECISION_KINDS, help="only decisions of this kind")
+    p.add_argument("--status", choices=LOG_KINDS, help="only decisions of this kind (imported: history imports)")
     p.add_argument("--user", help="only decisions made by this username")
     p.add_argument("--code-prefix", help="only codes starting with these digits, e.g. 61")
     p.add_argument("--shipment", help="only line items of this shipment reference")
