@@ -19,7 +19,7 @@ import numpy as np
 # Cosine of the text-tower vectors above which two descriptions count as the same product (chosen on the UK
 # parcels' validation split against the training split: scripts/history_eval.py, README "Classification history").
 NEAR_THRESHOLD = 0.90
-EXACT_UP_TO = 50_000  # rows searched exactly; above, an inverted file over k-means lists
+EXACT_UP_TO = 5_000  # rows searched exactly; above, an inverted file over k-means lists (faster from here)
 N_PROBE = 24
 
 _WORD = re.compile(r"[^\W_]+(?:[.,][0-9]+)?", re.UNICODE)
@@ -268,18 +268,19 @@ class HistoryIndex:
             self._grow(n0 + n)
             self.emb[n0 : n0 + n] = vecs.astype(np.float16)
             self.active[n0 : n0 + n] = True
+            rows = slice(n0, n0 + n)
+            self.codes[rows] = [src.code.encode() for src in sources]
+            self.declared[rows] = [(src.declared_code or "").encode() for src in sources]
+            self.kinds[rows] = [KINDS.index(src.kind) for src in sources]
+            self.ref_ids[rows] = [
+                src.line_item_id if src.line_item_id is not None else src.history_row_id or 0 for src in sources
+            ]
+            self.import_ids[rows] = [src.import_id or 0 for src in sources]
+            self.line_nos[rows] = [src.line_no or 0 for src in sources]
+            self.where_ids[rows] = [self._intern(src.where, self.wheres, self._where_index) for src in sources]
+            self.guard_ids[rows] = [self._intern(guard_words(t), self.guards, self._guard_index) for t in normalised]
             for i, (source, text) in enumerate(zip(sources, normalised, strict=True)):
                 row = n0 + i
-                self.codes[row] = source.code.encode()
-                self.declared[row] = (source.declared_code or "").encode()
-                self.kinds[row] = KINDS.index(source.kind)
-                self.ref_ids[row] = (
-                    source.line_item_id if source.line_item_id is not None else source.history_row_id or 0
-                )
-                self.import_ids[row] = source.import_id or 0
-                self.line_nos[row] = source.line_no or 0
-                self.where_ids[row] = self._intern(source.where, self.wheres, self._where_index)
-                self.guard_ids[row] = self._intern(guard_words(text), self.guards, self._guard_index)
                 if text:
                     self.by_text.add(text, row)
                 sku = skus[i] if skus is not None else None
