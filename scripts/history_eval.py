@@ -85,7 +85,7 @@ def main() -> int:
     examples = load_uk_parcels(Path(args.data_dir))
     parts: dict[str, list] = {"train": [], "val": [], "test": []}
     for ex in examples:
-        parts[split_of(ex.id)].append(ex)
+        parts[split_of(ex.text or ex.id)].append(ex)  # as the model, its precedents and the learning curve split
     log.info("UK parcels: %s", {k: len(v) for k, v in parts.items()})
     t0 = time.perf_counter()
     classifier = Classifier(Path(args.model))
@@ -141,6 +141,12 @@ def main() -> int:
         out["chosen_threshold"] = best
         out["test"] = run_split("test", best)
         out["test_grid"] = {str(t): run_split("test", t) for t in GRID}
+        # The shipped model's precedent index already holds the training split (its vote is the model's own
+        # memory of it). A model without that memory (codes only: a fine-tuned version, or a firm whose history
+        # the shipped index never saw) shows what the record adds on its own.
+        classifier.precedents = None
+        cache.pop("test")
+        out["test_codes_only_model"] = run_split("test", best)
         # latency of the record lookup as Classify runs it (embed the description + match), one at a time
         lat = []
         for r in parts["test"][:200]:

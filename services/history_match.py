@@ -18,7 +18,7 @@ import numpy as np
 
 # Cosine of the text-tower vectors above which two descriptions count as the same product (chosen on the UK
 # parcels' validation split against the training split: scripts/history_eval.py, README "Classification history").
-NEAR_THRESHOLD = 0.90
+NEAR_THRESHOLD = 0.88
 EXACT_UP_TO = 5_000  # rows searched exactly; above, an inverted file over k-means lists (faster from here)
 N_PROBE = 24
 
