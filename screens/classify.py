@@ -66,7 +66,7 @@ def start_over() -> None:
     with whatever the browser sent back).
     """
     clear_results()
-    for key in ("classify_text", "classify_shipment", "classify_line"):
+    for key in ("classify_text", "classify_shipment", "classify_line", "classify_sku", "classify_importer"):
         st.session_state[key] = ""
     st.session_state["classify_upload_round"] += 1
 
