@@ -10,7 +10,7 @@ import hashlib
 import re
 import threading
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -179,7 +179,8 @@ class HashLookup:
     def get(self, text: str) -> list[int]:
         k = self.key(text)
         lo, hi = np.searchsorted(self.keys, k, "left"), np.searchsorted(self.keys, k, "right")
-        return self.rows[lo:hi].tolist() + self.pending.get(k, [])
+        found: list[int] = self.rows[lo:hi].tolist()
+        return found + self.pending.get(k, [])
 
 
 KINDS = ("approved", "corrected", "imported")
@@ -243,7 +244,7 @@ class HistoryIndex:
             setattr(self, name, grown)
 
     @staticmethod
-    def _intern(value, table: list, index: dict) -> int:
+    def _intern(value: Hashable, table: list[Any], index: dict[Any, int]) -> int:
         found = index.get(value)
         if found is None:
             found = index[value] = len(table)
