@@ -34,7 +34,10 @@ def test_admin_imports_a_history_and_classify_answers_from_it(app_db, page, tmp_
     good = tmp_path / "firm.csv"
     good.write_text("description,code,sku,importer\nmen's knitted cotton T-shirt,6109.10.00,TS-1,ACME\n", "utf-8")
     page.locator("[data-testid='stFileUploader'] input[type='file']").nth(0).set_input_files(good)
+    expect(page.get_by_text("firm.csv")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("2 problem(s) in bad.csv")).to_have_count(0, timeout=30_000)  # a new file: checked anew
     page.get_by_role("button", name="Check the file").click()
+    expect(page.get_by_text("1 line(s) of firm.csv are ready to import")).to_be_visible(timeout=60_000)
     page.get_by_role("button", name="Import 1 line(s)").click()
     expect(page.get_by_text("Imported 1 line(s) of firm.csv as import #1")).to_be_visible(timeout=MODEL_TIMEOUT_MS)
 
