@@ -581,6 +581,12 @@ def open_line_item(
             )
         except (PhotoPathError, OSError) as exc:
             log.warning("line item %s: stored photo %s not readable: %s", item.id, photo.id, exc)
+    from services.history import stored_match
+
     return RecordedClassification(
-        line_item_id=item.id, prediction_id=pred.id, prediction=prediction, photos=tuple(photos)
+        line_item_id=item.id,
+        prediction_id=pred.id,
+        prediction=prediction,
+        photos=tuple(photos),
+        record=stored_match(session, item.id),
     )

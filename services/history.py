@@ -11,7 +11,7 @@ import hashlib
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -355,17 +355,18 @@ def store_match(session: Session, line_item_id: int, match: Match) -> None:
         conflict=match.conflict,
         similarity=match.similarity,
         summary=match.summary(),
-        sources=[
-            {
-                "kind": s.kind,
-                "code": s.code,
-                "label": s.label,
-                "line_item_id": s.line_item_id,
-                "history_row_id": s.history_row_id,
-            }
-            for s in match.sources
-        ],  # fmt: skip
+        sources=[asdict(s) | {"label": s.label} for s in match.sources],
     )
+
+
+def stored_match(session: Session, line_item_id: int) -> Match | None:
+    """The record's answer stored with a line item, as a `Match` again (a Batch line reopened in Classify)."""
+    m = qh.latest_match(session, line_item_id)
+    if m is None:
+        return None
+    names = {f.name for f in fields(Source)}
+    sources = tuple(Source(**{k: v for k, v in raw.items() if k in names}) for raw in m.sources)
+    return Match(m.how, m.similarity, sources, tuple(dict.fromkeys(s.code for s in sources)))
 
 
 @dataclass(frozen=True)

@@ -351,3 +351,20 @@ def test_hash_lookup_finds_rows_before_and_after_a_merge():
         lookup.add(word, row)
     assert sorted(lookup.get("mug")) == [0, 2, 5] and lookup.get("vase") == [1] and lookup.get("chair") == []
     assert len(lookup.keys) >= 3  # some rows were merged into the sorted arrays
+
+
+def test_a_batch_line_reopened_in_classify_brings_its_record(factory, actors, tmp_path):
+    from db.engine import run_transaction
+    from services.batch import check_batch, open_line_item, run_batch
+    from tests.test_batch import FakeBatchClassifier
+
+    emb = WordEmbedder()
+    with factory.begin() as session:
+        _import(session, actors["admin"], "description,code\nglass vase,701391\n", "b.csv", embedder=emb)
+    check = check_batch("b.csv", b"line_ref,description\nL1,Glass vase\n")
+    result = run_batch(lambda fn: run_transaction(factory, fn), FakeBatchClassifier(), actors["broker"], check,
+                       shipment_ref="S-1", photo_root=tmp_path, embedder=emb)  # fmt: skip
+    with factory.begin() as session:
+        reopened = open_line_item(session, actors["broker"], result.records[0]["line_item_id"], photo_root=tmp_path)
+    assert reopened.record is not None and reopened.record.code == "701391"
+    assert reopened.record.summary() == result.records[0]["record"]
