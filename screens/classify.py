@@ -549,8 +549,8 @@ if clicked:
 recorded = st.session_state.get("classify_result")
 if recorded is not None:
     stored_photos(recorded, files)
+    show_record(recorded)  # the record first: a product seen before
     recorded = guided.show(recorded)
-    show_record(recorded)
     show_prediction(recorded)
     explanations(recorded, text, files)
     decision_form(recorded)

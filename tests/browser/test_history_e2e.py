@@ -3,12 +3,14 @@ imported and every problem is listed), then classifies a product of that history
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from sqlalchemy import func, select
 
 from db.models import HistoryMatch, HistoryRow
-from tests.browser.helpers import MODEL_TIMEOUT_MS, PASSWORD, SHIPPED_VERSION
-from tests.ui import needs_chromium
+from tests.browser.helpers import MODEL_TIMEOUT_MS, PASSWORD, SCREENSHOTS, SHIPPED_VERSION
+from tests.ui import needs_chromium, screenshot_full_app
 
 pytestmark = pytest.mark.browser
 
@@ -40,6 +42,8 @@ def test_admin_imports_a_history_and_classify_answers_from_it(app_db, page, tmp_
     expect(page.get_by_text("1 line(s) of firm.csv are ready to import")).to_be_visible(timeout=60_000)
     page.get_by_role("button", name="Import 1 line(s)").click()
     expect(page.get_by_text("Imported 1 line(s) of firm.csv as import #1")).to_be_visible(timeout=MODEL_TIMEOUT_MS)
+    if os.environ.get("HS_SCREENSHOTS") == "1":
+        screenshot_full_app(page, SCREENSHOTS / "history.png")
 
     page.get_by_role("link", name="Classify").click()
     description = page.get_by_label("Product description")
@@ -49,6 +53,8 @@ def test_admin_imports_a_history_and_classify_answers_from_it(app_db, page, tmp_
     expect(page.get_by_text("Candidates for line item #1")).to_be_visible(timeout=MODEL_TIMEOUT_MS)
     expect(page.get_by_text("From the record: 6109.10")).to_be_visible()
     expect(page.get_by_text("line 2 of firm.csv, imported on")).to_be_visible()
+    if os.environ.get("HS_SCREENSHOTS") == "1":
+        screenshot_full_app(page, SCREENSHOTS / "classify_record.png")
     with app_db.factory() as session:
         assert session.scalar(select(func.count()).select_from(HistoryRow)) == 1
         assert session.scalars(select(HistoryMatch.code)).all() == ["610910"]
