@@ -92,3 +92,28 @@ def test_brokers_do_not_get_the_history_screen(app_db, fake):
     at = signed_in(app_db)
     with pytest.raises(ValueError, match=r"Known pages: \[.*screens/classify.py"):
         at.switch_page("screens/history.py")
+
+
+def test_the_reviewer_sees_that_the_code_came_from_the_record(app_db, fake):
+    from db.queries import find_user
+    from services.auth import Actor
+    from services.classify import classify_and_record, submit_decision
+    from services.history_file import check_history_file
+    from tests.test_app_review import sign_in, texts
+
+    app_db.add_user("ada", "admin", PASSWORD)
+    app_db.add_user("bea", "broker", PASSWORD)
+    emb = WordEmbedder()
+    with app_db.factory.begin() as session:
+        admin, broker = (Actor.from_user(find_user(session, n)) for n in ("ada", "bea"))
+        checked = check_history_file("firm.csv", b"description,code\ncotton T-shirt,610910\nleather belt,420330\n")
+        history.import_history(session, admin, checked, embedder=emb)
+        for text, code in (("cotton T-shirt", "610910"), ("leather belt", "610990")):
+            item = classify_and_record(session, fake, broker, text=text, photos=[], embedder=emb,
+                                       photo_root=app_db.photo_dir)  # fmt: skip
+            submit_decision(session, broker, line_item_id=item.line_item_id, code=code, justification="as before")
+    at = sign_in(app_db, "rey", "reviewer")
+    shown = texts(at).replace("\\", "")
+    assert "From the record**: the broker's code is the record's" in shown
+    at.selectbox(key="review_item").select(2).run()
+    assert "Differs from the record** (4203.30)" in texts(at).replace("\\", "")
