@@ -35,6 +35,7 @@ PAGE_SPECS = {
     "review": ("screens/review.py", "Review", ":material/fact_check:", "review"),
     "decision_log": ("screens/decision_log.py", "Decision log", ":material/table_view:", "decision-log"),
     "models": ("screens/models.py", "Model versions", ":material/model_training:", "models"),
+    "history": ("screens/history.py", "Classification history", ":material/history:", "history"),
 }
 PAGES = {
     name: st.Page(script, title=title, icon=icon, url_path=url)
@@ -43,7 +44,7 @@ PAGES = {
 ROLE_PAGES = {
     "broker": ("classify", "batch", "my_items"),
     "reviewer": ("review",),
-    "admin": ("classify", "batch", "my_items", "review", "decision_log", "models"),
+    "admin": ("classify", "batch", "my_items", "review", "decision_log", "models", "history"),
 }
 FIRST_ADMIN_COMMAND = "python -m db users create --username admin --role admin"
 COOKIE_PENDING = "auth_cookie_pending"  # the token to store in the browser (None: to forget) on this run

@@ -1,4 +1,4 @@
-"""Command line: ``python -m db upgrade | export | users create`` (see ``--help``)."""
+"""Command line: ``python -m db upgrade | export | import-history | retract-history | users`` (see ``--help``)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
-from db.decision_log import DecisionFilter
+from db.decision_log import LOG_KINDS, DecisionFilter
 from db.engine import default_db_url, make_engine, make_session_factory, run_transaction, upgrade
 from db.export import FORMATS, export_decision_log, record_export
-from db.models import DECISION_KINDS, ROLES
+from db.models import ROLES
 from hs_core.files import atomic_write_bytes
 from hs_core.settings import get_settings
 
@@ -183,6 +183,99 @@ def cmd_users_list(args: argparse.Namespace) -> int:
     return 0 if users else 1
 
 
+def _embedder(no_embed: bool):
+    """The configured text tower (the one the app's classifier uses), so imported rows carry their vectors."""
+    if no_embed:
+        return None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from types import SimpleNamespace
+
+    from hs_model.config import TowerConfig
+    from hs_model.towers import TextTower, configure_threads
+    from services.history import TowerEmbedder
+
+    tower_cfg = TowerConfig.from_env()
+    configure_threads()
+    tower = TextTower(tower_cfg.text_model, tower_cfg.text_max_length)
+    return TowerEmbedder(SimpleNamespace(text_tower=tower))  # type: ignore[arg-type]  # only the text tower is used
+
+
+def cmd_import_history(args: argparse.Namespace) -> int:
+    from services.errors import ServiceError
+    from services.history import file_sha256, import_history
+    from services.history_file import HistoryFileError, check_history_file, open_photos
+
+    path = Path(args.file)
+    try:
+        data = path.read_bytes()
+        zip_data = Path(args.photos_zip).read_bytes() if args.photos_zip else None
+    except OSError as exc:
+        raise UserError(f"cannot read {exc.filename}: {exc.strerror or exc}") from None
+    try:
+        photos = open_photos(Path(args.photos_zip).name, zip_data) if zip_data is not None else None
+        checked = check_history_file(path.name, data, photos)
+    except HistoryFileError as exc:
+        raise UserError(str(exc)) from None
+    if checked.total_problems:
+        for p in checked.problems:
+            print(f"{path.name}:{p.line}: {p.problem}", file=sys.stderr)
+        more = checked.total_problems - len(checked.problems)
+        raise UserError(
+            f"{checked.total_problems} problem(s) in {path.name}{f' ({more} not listed)' if more else ''}; "
+            "nothing was imported"
+        )
+    embedder = _embedder(args.no_embed)
+    engine = _open(args.db)
+    try:
+        factory = make_session_factory(engine)
+
+        def run(session):
+            actor = None
+            if args.actor:
+                from db.queries import find_user
+                from services.auth import Actor
+
+                user = find_user(session, args.actor)
+                if user is None or not user.active or user.role != "admin":
+                    raise UserError(f"--actor {args.actor!r} is not an active admin of this database")
+                actor = Actor.from_user(user)
+            return import_history(session, actor, checked, photos=photos,
+                                  photos_name=Path(args.photos_zip).name if args.photos_zip else None,
+                                  photos_sha256=file_sha256(zip_data) if zip_data is not None else None,
+                                  embedder=embedder, via="app" if actor else "cli", operator=_os_user())  # fmt: skip
+
+        try:
+            result = run_transaction(factory, run)
+        except ServiceError as exc:
+            raise UserError(str(exc)) from None
+    finally:
+        engine.dispose()
+    print(f"imported {result.rows} row(s) of {result.file_name} as history import #{result.import_id}"
+          f"{f', {result.photos} photo(s)' if result.photos else ''}")  # fmt: skip
+    return 0
+
+
+def cmd_retract_history(args: argparse.Namespace) -> int:
+    from services.errors import ServiceError
+    from services.history import retract_import
+
+    engine = _open(args.db)
+    try:
+        factory = make_session_factory(engine)
+        try:
+            run_transaction(
+                factory,
+                lambda s: retract_import(s, None, args.import_id, args.reason, via="cli", operator=_os_user()),
+            )
+        except ServiceError as exc:
+            raise UserError(str(exc)) from None
+    finally:
+        engine.dispose()
+    print(f"retracted history import #{args.import_id}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``python -m db`` argument parser."""
     parser = _Parser(prog="python -m db", description="HS desk database tools")
@@ -201,12 +294,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file, or - for stdout")
     p.add_argument("--since", help="first UTC day (YYYY-MM-DD) or ISO date-time")
     p.add_argument("--until", help="last UTC day, inclusive (YYYY-MM-DD) or ISO date-time")
-    p.add_argument("--status", choices=DECISION_KINDS, help="only decisions of this kind")
+    p.add_argument("--status", choices=LOG_KINDS, help="only decisions of this kind (imported: history imports)")
     p.add_argument("--user", help="only decisions made by this username")
     p.add_argument("--code-prefix", help="only codes starting with these digits, e.g. 61")
     p.add_argument("--shipment", help="only line items of this shipment reference")
     p.add_argument("--model-version", help="only decisions made on this model version")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import-history", help="import a classification history (CSV or XLSX of past declarations)")
+    add_db(p)
+    p.add_argument("file", help="CSV or XLSX: description, code (6-10 digits); optional sku, importer, date, photos")
+    p.add_argument("--photos-zip", default=None, metavar="ZIP", help="photos named in the file's photos column")
+    p.add_argument("--actor", default=None, metavar="ADMIN", help="admin recorded as the importer (default: OS user)")
+    p.add_argument("--no-embed", action="store_true", help="store no text vectors (the app embeds them on first use)")
+    p.set_defaults(func=cmd_import_history)
+
+    p = sub.add_parser("retract-history", help="undo a whole history import (an audited retraction)")
+    add_db(p)
+    p.add_argument("import_id", type=int)
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_retract_history)
 
     users = sub.add_parser("users", help="manage users")
     users_sub = users.add_subparsers(dest="users_command", required=True, parser_class=_Parser)

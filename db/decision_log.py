@@ -32,7 +32,10 @@ LOG_COLUMNS: tuple[str, ...] = (
     "model_top_score",
     "needs_review",
     "broker_facts",  # the broker's answers to guided questions in force at export time
+    "history_import",  # imported decisions: "import #3 of firm.csv (sha256 1a2b3c4d5e6f), line 17[, retracted ...]"
 )
+IMPORTED = "imported"  # the kind of a decision that came with an imported classification history
+LOG_KINDS: tuple[str, ...] = (*DECISION_KINDS, IMPORTED)
 
 
 def _start(value: date | datetime) -> datetime:
@@ -45,7 +48,8 @@ def _start(value: date | datetime) -> datetime:
 class DecisionFilter:
     """Which decisions to list. Dates are UTC days; ``until`` as a date includes that whole day.
 
-    ``kinds`` filters on the decision's own kind (``submitted``, ``approved``, ``corrected``, ``rejected``).
+    ``kinds`` filters on the decision's own kind (``submitted``, ``approved``, ``corrected``, ``rejected``, and
+    ``imported`` for the rows of imported classification histories).
     """
 
     since: date | datetime | None = None
@@ -57,11 +61,12 @@ class DecisionFilter:
     model_version: str | None = None
     line_item_id: int | None = None
     max_decision_id: int | None = None  # pins a listing: decisions made after it was read are left out
+    max_history_row_id: int | None = None  # ... and imported rows stored after it was read
 
     def __post_init__(self) -> None:
-        bad = [k for k in self.kinds if k not in DECISION_KINDS]
+        bad = [k for k in self.kinds if k not in LOG_KINDS]
         if bad:
-            raise ValueError(f"unknown decision kind {bad[0]!r}; expected one of {', '.join(DECISION_KINDS)}")
+            raise ValueError(f"unknown decision kind {bad[0]!r}; expected one of {', '.join(LOG_KINDS)}")
         if self.code_prefix is not None and not (self.code_prefix.isascii() and self.code_prefix.isdigit()):
             raise ValueError(f"code prefix must be digits, not {self.code_prefix!r}")
         for key in ("username", "shipment_reference", "model_version"):
@@ -133,11 +138,72 @@ def decision_log(session: Session, filters: DecisionFilter | None = None) -> lis
         stmt = stmt.where(Decision.line_item_id == f.line_item_id)
     if f.max_decision_id is not None:
         stmt = stmt.where(Decision.id <= f.max_decision_id)
-    rows = [dict(zip(LOG_COLUMNS[:-1], row, strict=True)) for row in session.execute(stmt)]
-    facts = facts_in_force(session, {r["line_item_id"] for r in rows})
-    for r in rows:
-        r["broker_facts"] = facts_text(facts.get(r["line_item_id"], ()))
+    rows: list[dict[str, Any]] = []
+    if not f.kinds or set(f.kinds) - {IMPORTED}:
+        rows = [dict(zip(LOG_COLUMNS[:-2], row, strict=True)) for row in session.execute(stmt)]
+        facts = facts_in_force(session, {r["line_item_id"] for r in rows})
+        for r in rows:
+            r["broker_facts"] = facts_text(facts.get(r["line_item_id"], ()))
+            r["history_import"] = None
+    if (not f.kinds or IMPORTED in f.kinds) and _imports_apply(f):
+        imported = [r for r in _imported_rows(session, f) if _in_window(r["decided_at"], f)]
+        rows = sorted(rows + imported, key=lambda r: r["decided_at"])  # stable: decisions keep their id order
     return rows
+
+
+def _imports_apply(f: DecisionFilter) -> bool:
+    """Imported rows have no shipment, model version or line item: those filters leave them out."""
+    return f.shipment_reference is None and f.model_version is None and f.line_item_id is None
+
+
+def _in_window(at: datetime, f: DecisionFilter) -> bool:
+    if f.since is not None and at < _start(f.since):
+        return False
+    if f.until is not None:
+        end = _start(f.until) if isinstance(f.until, datetime) else _start(f.until + timedelta(days=1))
+        return at <= end if isinstance(f.until, datetime) else at < end
+    return True
+
+
+def _imported_rows(session: Session, f: DecisionFilter) -> list[dict[str, Any]]:
+    from db.history import imported_log_rows
+
+    out = []
+    user = f.username.strip().lower() if f.username else None
+    for row, imp, retraction in imported_log_rows(session, max_row_id=f.max_history_row_id):
+        if user and imp.username != user:
+            continue
+        if f.code_prefix and not row.hs6.startswith(f.code_prefix):
+            continue
+        source = f"import #{imp.id} of {imp.file_name} (sha256 {imp.sha256[:12]}), line {row.line_no}"
+        if retraction is not None:
+            source += f", retracted {retraction.created_at:%Y-%m-%d} by {retraction.username}: {retraction.reason}"
+        facts = [f"declared {row.declared_on}" if row.declared_on else "", f"SKU {row.sku}" if row.sku else "",
+                 f"importer {row.importer}" if row.importer else "", f"code {row.code}" if len(row.code) > 6 else ""]  # fmt: skip
+        out.append(
+            {
+                "decision_id": None,
+                "decided_at": imp.created_at,
+                "kind": IMPORTED,
+                "code": row.hs6,
+                "comment": "; ".join(x for x in facts if x),
+                "username": imp.username,
+                "role": "admin",
+                "line_item_id": None,
+                "line_ref": None,
+                "shipment_reference": None,
+                "description": row.description,
+                "model_version": None,
+                "nomenclature_edition": imp.edition,
+                "prediction_id": None,
+                "model_top_code": None,
+                "model_top_score": None,
+                "needs_review": None,
+                "broker_facts": "",
+                "history_import": source,
+            }
+        )
+    return out
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ def _parquet_schema():
         "nomenclature_edition",
         "model_top_code",
         "broker_facts",
+        "history_import",
     }
     special = {
         "decision_id": pa.int64(),

@@ -37,6 +37,10 @@ APPEND_ONLY_TABLES: tuple[str, ...] = (
     "item_comments",
     "line_item_versions",
     "broker_facts",
+    "history_imports",
+    "history_rows",
+    "history_retractions",
+    "history_matches",
 )
 
 NAMING_CONVENTION = {
@@ -313,6 +317,83 @@ class BrokerFact(Base):
     user: Mapped[User] = relationship(lazy="joined")
 
 
+class HistoryImport(Base):
+    """Append-only: one uploaded classification history (a CSV or XLSX of past declarations), with provenance.
+
+    Undone only by a `HistoryRetraction` row; its rows then stop counting as the record."""
+
+    __tablename__ = "history_imports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    file_name: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    row_count: Mapped[int] = mapped_column(Integer)
+    edition: Mapped[str] = mapped_column(String(32))  # the nomenclature the codes were checked against
+    photos_file: Mapped[str | None] = mapped_column(String(255))
+    photos_sha256: Mapped[str | None] = mapped_column(String(64))
+    embedder: Mapped[str | None] = mapped_column(String(128))  # text tower of the stored row vectors, if any
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    username: Mapped[str | None] = mapped_column(String(64))  # who imported (an admin, or the OS user of the CLI)
+    via: Mapped[str] = mapped_column(String(16), default="app")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class HistoryRow(Base):
+    """Append-only: one past declaration of an import: a decision of its own kind ("imported")."""
+
+    __tablename__ = "history_rows"
+    __table_args__ = (
+        CheckConstraint("length(hs6) = 6", name="hs6"),
+        Index("ix_history_rows_import_id_id", "import_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    import_id: Mapped[int] = mapped_column(ForeignKey("history_imports.id"))
+    line_no: Mapped[int] = mapped_column(Integer)  # the line (CSV) or row (XLSX) of the file
+    description: Mapped[str] = mapped_column(Text)
+    normalised: Mapped[str] = mapped_column(Text)  # services.history_match.normalise(description)
+    code: Mapped[str] = mapped_column(String(10))  # as declared: 6, 8 or 10 digits
+    hs6: Mapped[str] = mapped_column(String(6))
+    sku: Mapped[str | None] = mapped_column(String(64))
+    importer: Mapped[str | None] = mapped_column(String(128))
+    declared_on: Mapped[str | None] = mapped_column(String(10))  # ISO date of the declaration
+    # [{"sha256", "path", "mime", "width", "height", "size_bytes"}, ...] in photo order
+    photos: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)  # float16 unit text vector (the import's embedder)
+
+
+class HistoryRetraction(Base):
+    """Append-only: a whole import undone (who, when, why). Its rows stay, marked retracted, for the auditors."""
+
+    __tablename__ = "history_retractions"
+    __table_args__ = (UniqueConstraint("import_id", name="uq_history_retractions_import_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    import_id: Mapped[int] = mapped_column(ForeignKey("history_imports.id"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    username: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class HistoryMatch(Base):
+    """Append-only: what the record said about a line item when it was classified ("same product as ...")."""
+
+    __tablename__ = "history_matches"
+    __table_args__ = (Index("ix_history_matches_line_item_id_id", "line_item_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line_item_id: Mapped[int] = mapped_column(ForeignKey("line_items.id"))
+    how: Mapped[str] = mapped_column(String(16))  # sku | description | near
+    code: Mapped[str | None] = mapped_column(String(6))  # None when the record conflicts
+    conflict: Mapped[bool] = mapped_column(Boolean, default=False)
+    similarity: Mapped[float] = mapped_column(Float)
+    summary: Mapped[str] = mapped_column(Text)
+    # [{"kind", "code", "label", "line_item_id"|None, "history_row_id"|None, "similarity"}, ...]
+    sources: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class AppendOnlyError(RuntimeError):
     """Raised when code tries to update or delete a row of an append-only table."""
 
@@ -324,6 +405,17 @@ def _refuse(verb: str):
     return listener
 
 
-for _cls in (Decision, AuditEvent, ModelActivation, ItemComment, LineItemVersion, BrokerFact):
+for _cls in (
+    Decision,
+    AuditEvent,
+    ModelActivation,
+    ItemComment,
+    LineItemVersion,
+    BrokerFact,
+    HistoryImport,
+    HistoryRow,
+    HistoryRetraction,
+    HistoryMatch,
+):
     event.listen(_cls, "before_update", _refuse("update"))
     event.listen(_cls, "before_delete", _refuse("delete"))

@@ -636,7 +636,9 @@ def _cell(value: Any) -> Any:
     return neutralise_formula(str(value))
 
 
-CODE_COLUMNS = frozenset({"code_1", "code_2", "code_3", "heading", "chapter", "submitted_code", "final_code"})
+CODE_COLUMNS = frozenset(
+    {"code_1", "code_2", "code_3", "heading", "chapter", "submitted_code", "final_code", "record_code"}
+)
 
 
 def _code_cell(value: Any) -> Any:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hs_core.settings import get_settings
 
@@ -52,20 +53,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from hs_model.predict import decode_images, validate_query
 
     if args.batch:
+        if args.history_db:
+            raise UserError("--history-db answers one product; Batch runs in the app ask the record for every line")
         return cmd_predict_batch(args)
     if args.text_file:
         args.text = existing(args.text_file).read_text(encoding="utf-8", errors="replace")
     images = decode_images([existing(p) for p in args.image])
     validate_query(args.text, images)  # before the model loads: bad input fails fast
     answers = _answers(args.answer)
-    pred = load_classifier(args).predict(args.text, images, top_k=args.top_k)
+    lookup: Callable[..., Any] | None = getattr(args, "record_lookup", None)
+    if args.history_db and lookup is None:
+        raise UserError("--history-db needs the app's services: run it as python -m hs_model predict")
+    classifier = load_classifier(args)
+    pred = classifier.predict(args.text, images, top_k=args.top_k)
     if answers:
         from hs_model.questions import apply_answers
 
         pred = apply_answers(pred, answers)
+    # the record (approved, corrected, imported decisions of a database): a service the entry point hands in
+    record = None
+    if args.history_db and lookup is not None:
+        record = lookup(args.history_db, classifier, args.text, args.sku, args.importer)
     if args.json:
-        print(json.dumps(pred.to_json(), ensure_ascii=False, indent=2))
+        out = pred.to_json() | ({"record": record} if args.history_db else {})
+        print(json.dumps(out, ensure_ascii=False, indent=2))
         return 0
+    if record is not None:
+        print(f"record: {record['summary']}")
     print(f"model {pred.model_version} ({pred.modality}); {'NEEDS REVIEW' if pred.needs_review else 'confident'}")
     for note in pred.notes:
         print(f"note: {note}")
@@ -243,6 +257,14 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--model", default=None, help=MODEL_HELP)
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--history-db",
+        default=None,
+        metavar="URL",
+        help="also ask this database's classification record (same product approved or imported before)",
+    )
+    p.add_argument("--sku", default=None, help="with --history-db: the article number, matched with --importer")
+    p.add_argument("--importer", default=None, help="with --history-db: the importer of the SKU")
     p.add_argument("--answer", action="append", default=[], metavar="KEY=VALUE",
                    help="answer a guided question, e.g. textile=cotton (repeatable; see the questions printed)")  # fmt: skip
     p.add_argument("--batch", default=None, metavar="FILE.csv", help="classify every line of a CSV (line_ref, "

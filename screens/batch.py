@@ -163,6 +163,10 @@ def results_table(result) -> None:
             "Status": [r["status"] for r in rows],
             "Review": ["⚠ review" if r["needs_review"] else "" for r in rows],  # a table shows no :icon: directives
             "Question": [r.get("question") or "" for r in rows],  # answer it by opening the line in Classify
+            "Record": [  # the same product in the classification record, and its code (or a conflict)
+                (format_code(r["record_code"]) if r.get("record_code") else "conflict" if r.get("record") else "")
+                for r in rows
+            ],
             **{
                 f"{name} {k}": [
                     (format_code(r[f"code_{k}"]) + f" ({percent(r[f'score_{k}'])})") if r[f"code_{k}"] else ""
@@ -178,8 +182,8 @@ def results_table(result) -> None:
             "Error": [r["error"] or "" for r in rows],
         }
     )
-    if not frame["Question"].any():  # no line has one: no empty column pushing the codes off screen
-        frame = frame.drop(columns="Question")
+    # a column no line uses would only push the codes off screen
+    frame = frame.drop(columns=[c for c in ("Question", "Record") if not frame[c].any()])
     st.dataframe(
         frame,
         hide_index=True,

@@ -66,7 +66,7 @@ def start_over() -> None:
     with whatever the browser sent back).
     """
     clear_results()
-    for key in ("classify_text", "classify_shipment", "classify_line"):
+    for key in ("classify_text", "classify_shipment", "classify_line", "classify_sku", "classify_importer"):
         st.session_state[key] = ""
     st.session_state["classify_upload_round"] += 1
 
@@ -119,6 +119,11 @@ def inputs() -> tuple[str, list, str, str, bool]:
         line = line_col.text_input(
             "Line reference (optional)", key="classify_line", max_chars=MAX_REF_CHARS, on_change=clear_results
         )
+        sku_col, importer_col = st.columns(2)  # read in run_classification: the record matches SKU + importer
+        sku_col.text_input("SKU (optional)", key="classify_sku", max_chars=MAX_REF_CHARS, on_change=clear_results)
+        importer_col.text_input(
+            "Importer (optional)", key="classify_importer", max_chars=MAX_REF_CHARS, on_change=clear_results
+        )
     with right:
         files = st.file_uploader(
             f"Photos (JPEG, PNG or WebP; up to {MAX_PHOTOS})",
@@ -151,6 +156,8 @@ def run_classification(text: str, files: list, shipment: str, line: str) -> None
                     shipment_ref=shipment,
                     line_ref=line,
                     photo_root=common.photo_root(),
+                    sku=st.session_state.get("classify_sku"),
+                    importer=st.session_state.get("classify_importer"),
                 )
             )
     except ServiceError as exc:
@@ -238,6 +245,25 @@ def close_call(subheadings):
     """The runner-up subheading when the best one barely beats it inside the same heading (`near_tie`), else None."""
     pairs = [(c.code, c.score) for c in subheadings[:2]]
     return subheadings[1] if near_tie(pairs) else None
+
+
+def show_record(recorded) -> None:
+    """The record first: the same product approved, corrected or imported before (or a conflict in the record)."""
+    match = getattr(recorded, "record", None)
+    if match is None:
+        return
+    if match.conflict:
+        st.error(
+            f"**{md(match.summary())}.** The record does not decide this product: check which code is right, "
+            "submit it with a justification, and tell an admin so the record can be corrected.",
+            icon=":material/call_split:",
+        )
+        return
+    st.success(
+        f"**From the record: {format_code(match.code)}** — {md(match.summary())}. The model's candidates are below; "
+        "you still choose and submit the code, and the reviewer sees that it came from the record.",
+        icon=":material/history:",
+    )
 
 
 def show_prediction(recorded) -> None:
@@ -459,19 +485,22 @@ def explanations(recorded, text: str, files: list) -> None:
         show_precedents(recorded, view.code)
 
 
-def choose_code(prediction) -> str | None:
-    """Radio over the subheading candidates, or a search over the HS tree; returns the chosen 6 digits."""
+def choose_code(prediction, record=None) -> str | None:
+    """Radio over the record's code (if any) and the subheading candidates, or a search over the HS tree; returns the
+    chosen 6 digits."""
     candidates = {c.code: c for c in prediction.levels[6]}
-    choice = st.radio(
-        "Code to submit",
-        [*candidates, OTHER],
-        key="classify_choice",
-        format_func=lambda code: (
-            "Another code (search the HS 2022 tree)"
-            if code == OTHER
-            else f"{format_code(code)} — {candidates[code].description} ({percent(candidates[code].score)})"
-        ),
-    )
+    remembered = record.code if record is not None and record.code else None
+
+    def label(code: str) -> str:
+        if code == OTHER:
+            return "Another code (search the HS 2022 tree)"
+        if code == remembered and code not in candidates:
+            return f"{format_code(code)} — from the record"
+        suffix = " · from the record" if code == remembered else ""
+        return f"{format_code(code)} — {candidates[code].description} ({percent(candidates[code].score)}){suffix}"
+
+    options = [*([remembered] if remembered else []), *(c for c in candidates if c != remembered), OTHER]
+    choice = st.radio("Code to submit", options, key="classify_choice", format_func=label)
     if choice != OTHER:
         return choice
     query = st.text_input("Search by code or words", key="classify_search", placeholder="e.g. 6109 or cotton T-shirt")
@@ -501,7 +530,7 @@ def decision_form(recorded) -> None:
         )
         st.button("Classify another product", on_click=start_over, key="classify_again")
         return
-    code = choose_code(recorded.prediction)
+    code = choose_code(recorded.prediction, getattr(recorded, "record", None))
     first_choice = recorded.prediction.levels[6][0].code
     justification = st.text_area(
         "Justification",
@@ -517,6 +546,9 @@ def decision_form(recorded) -> None:
         )
     else:
         st.caption("Optional for the model's first choice.")
+    record = getattr(recorded, "record", None)
+    if record is not None and code is not None and code == record.code and not justification.strip():
+        justification = f"From the record: {record.summary()}"  # what the reviewer reads beside the code
     if st.button("Submit", type="primary", disabled=code is None, key="classify_submit"):
         actor = common.current_actor()
         try:
@@ -544,6 +576,7 @@ if clicked:
 recorded = st.session_state.get("classify_result")
 if recorded is not None:
     stored_photos(recorded, files)
+    show_record(recorded)  # the record first: a product seen before
     recorded = guided.show(recorded)
     show_prediction(recorded)
     explanations(recorded, text, files)

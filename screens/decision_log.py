@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from db.models import DECISION_KINDS
+from db.decision_log import LOG_KINDS
 from screens import common
 from screens.common import md
 from services.classify import format_code
@@ -30,7 +30,7 @@ def filter_form(choices) -> DecisionFilter:
         since_col, until_col, kinds_col, user_col = st.columns([2, 2, 4, 2])
         since = since_col.date_input("From (UTC)", value=None, key="log_since", format="YYYY-MM-DD")
         until = until_col.date_input("Until (UTC, inclusive)", value=None, key="log_until", format="YYYY-MM-DD")
-        kinds = kinds_col.multiselect("Kinds", DECISION_KINDS, key="log_kinds", placeholder="All kinds")
+        kinds = kinds_col.multiselect("Kinds", LOG_KINDS, key="log_kinds", placeholder="All kinds")
         username = user_col.selectbox("User", users, key="log_user", format_func=lambda u: u or "Anyone")
         prefix_col, ship_col, model_col, button_col = st.columns([2, 2, 4, 2], vertical_alignment="bottom")
         prefix = prefix_col.text_input("Code starts with", key="log_prefix", placeholder="e.g. 6109 or 61")
@@ -65,6 +65,7 @@ def log_table(rows) -> None:
             "Item": [r["line_item_id"] for r in rows],
             "Shipment": [r["shipment_reference"] or "" for r in rows],
             "Comment": [r["comment"] for r in rows],
+            "Imported": [r.get("history_import") or "" for r in rows],  # imported decisions: which file, line
             "Description": [r["description"] for r in rows],
             "Model": [r["model_version"] or "" for r in rows],
             "Decision": [r["decision_id"] for r in rows],

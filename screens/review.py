@@ -22,6 +22,7 @@ from services.decisions import (
     review_queue,
 )
 from services.errors import ServiceError
+from services.history import record_note as history_record_note
 from services.review import QueueFilter, queue_facets
 
 ACTIONS = ("Approve", "Correct", "Reject")
@@ -241,6 +242,7 @@ def brokers_choice(detail) -> None:
     st.markdown(f"### {format_code(detail.submitted_code or '—')}")
     st.caption(md(describe_code(detail.submitted_code or "")))
     guided.show_facts(detail.line_item_id)  # what the broker stated in answer to the guided questions
+    record_note(detail)  # what the classification record said when the item was classified
     top = detail.model_top
     if detail.agrees_with_model:
         st.success(
@@ -262,6 +264,25 @@ def brokers_choice(detail) -> None:
         st.text(detail.justification)
     else:
         st.caption("None given.")
+
+
+def record_note(detail) -> None:
+    """The record's answer when the item was classified, and whether the broker's code is the record's."""
+    actor = common.current_actor()
+    note = common.in_transaction(lambda session: history_record_note(session, actor, detail.line_item_id))
+    if note is None:
+        return
+    if note.conflict:
+        st.warning(f"**The record conflicts**: {md(note.summary)}", icon=":material/call_split:")
+    elif note.code == detail.submitted_code:
+        st.info(
+            f"**From the record**: the broker's code is the record's. {md(note.summary)}", icon=":material/history:"
+        )
+    else:
+        st.warning(
+            f"**Differs from the record** ({format_code(note.code or '')}): {md(note.summary)}",
+            icon=":material/history:",
+        )
 
 
 def history(detail) -> None:

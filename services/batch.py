@@ -48,6 +48,8 @@ from services.errors import InvalidInput, NotFound, PermissionDenied
 
 if TYPE_CHECKING:
     from hs_model.predict import Classifier, Prediction
+    from services.history import Embedder
+    from services.history_match import Match
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,11 @@ MAX_ROWS = BATCH_LIMITS.max_rows
 CHUNK_SIZE = 32
 TOP_K = 5  # stored per level, as for a single classification; the table shows the top 3
 STATUS_NEW, STATUS_RESUMED, STATUS_SKIPPED, STATUS_ERROR = "classified", "already stored", "not run", "error"
-OUTPUT_COLUMNS: tuple[str, ...] = ("line", "line_ref", "line_item_id", "status", *RESULT_COLUMNS[2:])
+# record / record_code: the same product in the classification record (approved, corrected or imported) and its
+# code ("conflict: ..." and no code when the record holds several codes for it); empty when the record has nothing.
+OUTPUT_COLUMNS: tuple[str, ...] = (
+    "line", "line_ref", "line_item_id", "status", "record_code", "record", *RESULT_COLUMNS[2:]
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,7 @@ def run_batch(
     chunk_size: int = CHUNK_SIZE,
     on_progress: Callable[[BatchProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    embedder: Embedder | None = None,
 ) -> BatchResult:
     """Classify every runnable row and store it under the shipment, one transaction per chunk.
 
@@ -216,6 +223,7 @@ def run_batch(
         chunk_size: Rows per model call and per transaction.
         on_progress: Called after each chunk.
         should_stop: Checked after each chunk; True ends the run there (what is stored stays stored).
+        embedder: Text vectors for the record's near-duplicate search; the classifier's text tower when None.
 
     Raises:
         PermissionDenied: not a broker or admin, or the account changed since sign-in.
@@ -225,7 +233,9 @@ def run_batch(
     shipment_ref = _clean_shipment(shipment_ref)
     rows = check.file.valid_rows
     keys = _row_keys(rows, check.photos)
-    run = _Run(total=len(rows), on_progress=on_progress)
+    from services.history import embedder_for
+
+    run = _Run(total=len(rows), on_progress=on_progress, embedder=embedder or embedder_for(classifier))
     stored = transact(lambda session: _load_stored(session, actor, shipment_ref, keys))
     todo = run.resume(rows, keys, stored)
     last_chunk = _classify_and_store(transact, classifier, actor, check, todo, keys, run, shipment_ref, photo_root,
@@ -265,6 +275,7 @@ class _Run:
 
     total: int
     on_progress: Callable[[BatchProgress], None] | None
+    embedder: Embedder | None = None  # asks the record about each line (None: no record column)
     records: dict[int, dict[str, Any]] = field(default_factory=dict)
     stored: int = 0
     resumed: int = 0
@@ -287,12 +298,15 @@ class _Run:
             if hit is not None:
                 item_id, view = hit
                 self.records[row.line] = _record(row, view.get("prediction"), None, item_id, STATUS_RESUMED)
+                self.records[row.line].update(view.get("record") or {})
                 self.resumed += 1
         todo = [r for r in rows if r.line not in self.records]
         self.todo, self.run_t0 = len(todo), time.perf_counter()
         return todo
 
-    def take(self, outcomes: Sequence[RowOutcome], saved: dict[int, tuple[int, bool]]) -> None:
+    def take(
+        self, outcomes: Sequence[RowOutcome], saved: dict[int, tuple[int, bool]], matches: dict[int, Match]
+    ) -> None:
         """Record one stored chunk."""
         for outcome in outcomes:
             row = outcome.row
@@ -304,6 +318,8 @@ class _Run:
             self.records[row.line] = _record(
                 row, outcome.prediction, None, item_id, STATUS_NEW if fresh else STATUS_RESUMED
             )
+            if row.line in matches:
+                self.records[row.line].update(_record_cells(matches[row.line]))
             if fresh:
                 self.stored += 1
             else:  # stored meanwhile by another run of the same file
@@ -332,10 +348,22 @@ def _load_stored(
     """The shipment's line items already stored, by (line reference, content hash): what a rerun resumes."""
     refresh_actor(session, actor)
     stored = {}
-    for item in _stored_items(session, shipment_ref, sorted({k[0] for k in keys.values()})):
+    items = _stored_items(session, shipment_ref, sorted({k[0] for k in keys.values()}))
+    from db.history import latest_matches
+
+    matches = latest_matches(session, [i.id for i in items])
+    for item in items:
         pred = latest_prediction(session, item.id)
-        stored[_item_key(item)] = (item.id, _prediction_view(pred, item))
+        view = _prediction_view(pred, item)
+        if item.id in matches:
+            m = matches[item.id]
+            view["record"] = {"record_code": m.code, "record": m.summary}
+        stored[_item_key(item)] = (item.id, view)
     return stored
+
+
+def _record_cells(match: Match) -> dict[str, Any]:
+    return {"record_code": match.code, "record": match.summary()}
 
 
 def _classify_and_store(
@@ -359,11 +387,14 @@ def _classify_and_store(
         for outcomes in chunks:
             outcomes = last_chunk = [_storable(o) for o in outcomes]
 
-            def store(s: Session, outcomes: list[RowOutcome] = outcomes) -> dict[int, tuple[int, bool]]:
-                return _store_chunk(s, actor, shipment_ref, outcomes, keys, photo_root)
+            def store(
+                s: Session, outcomes: list[RowOutcome] = outcomes
+            ) -> tuple[dict[int, tuple[int, bool]], dict[int, Match]]:
+                matches = _ask_record(s, run.embedder, outcomes)
+                return _store_chunk(s, actor, shipment_ref, outcomes, keys, photo_root, matches), matches
 
-            saved = transact(store)
-            run.take(outcomes, saved)
+            saved, matches = transact(store)
+            run.take(outcomes, saved, matches)
             run.report()
             if should_stop is not None and should_stop():
                 run.stopped = run.done < len(todo)
@@ -400,7 +431,7 @@ def _threshold(classifier: Classifier) -> float:
 def _record(
     row: BatchRow, prediction: Prediction | None, error: str | None, item_id: int | None, status: str
 ) -> dict[str, Any]:
-    return result_record(row, prediction, error, line_item_id=item_id, status=status)
+    return result_record(row, prediction, error, line_item_id=item_id, status=status, record_code=None, record=None)
 
 
 def _storable(outcome: RowOutcome) -> RowOutcome:
@@ -415,6 +446,17 @@ def _storable(outcome: RowOutcome) -> RowOutcome:
     return outcome
 
 
+def _ask_record(session: Session, embedder: Embedder | None, outcomes: Sequence[RowOutcome]) -> dict[int, Match]:
+    """The record's answer for each classified line of a chunk (one text-tower call for the chunk)."""
+    good = [o for o in outcomes if o.prediction is not None]
+    if embedder is None or not good:
+        return {}
+    from services.history import find_matches
+
+    found = find_matches(session, embedder, [o.row.description for o in good])
+    return {o.row.line: m for o, m in zip(good, found, strict=True) if m is not None}
+
+
 def _store_chunk(
     session: Session,
     actor: Actor,
@@ -422,6 +464,7 @@ def _store_chunk(
     outcomes: Sequence[RowOutcome],
     keys: dict[int, tuple[str, str]],
     photo_root: Path | None,
+    matches: dict[int, Match] | None = None,
 ) -> dict[int, tuple[int, bool]]:
     """Store a chunk's predictions; returns ``{line: (line_item_id, newly stored)}``.
 
@@ -451,6 +494,10 @@ def _store_chunk(
             embedding=embedding,
         )
         store_prediction(session, item.id, prediction)
+        if matches and row.line in matches:
+            from services.history import store_match
+
+            store_match(session, item.id, matches[row.line])
         present[key] = item.id
         saved[row.line] = (item.id, True)
     new_ids = [item_id for item_id, fresh in saved.values() if fresh]
@@ -534,6 +581,12 @@ def open_line_item(
             )
         except (PhotoPathError, OSError) as exc:
             log.warning("line item %s: stored photo %s not readable: %s", item.id, photo.id, exc)
+    from services.history import stored_match
+
     return RecordedClassification(
-        line_item_id=item.id, prediction_id=pred.id, prediction=prediction, photos=tuple(photos)
+        line_item_id=item.id,
+        prediction_id=pred.id,
+        prediction=prediction,
+        photos=tuple(photos),
+        record=stored_match(session, item.id),
     )

@@ -29,6 +29,8 @@ from services.errors import InvalidInput
 
 if TYPE_CHECKING:  # hs_model.predict pulls in torch and the towers: imported only where a model is used
     from hs_model.predict import Classifier, Prediction
+    from services.history import Embedder
+    from services.history_match import Match
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,7 @@ class RecordedClassification:
     prediction_id: int
     prediction: Prediction
     photos: tuple[UploadedPhoto, ...] = ()  # the stored photos, when a stored line item is reopened
+    record: Match | None = None  # the same product in the record (approved, corrected, imported), if any
 
 
 @dataclass(frozen=True)
@@ -210,8 +213,15 @@ def classify_and_record(
     line_ref: str | None = None,
     photo_root: Path | None = None,
     top_k: int = 5,
+    sku: str | None = None,
+    importer: str | None = None,
+    embedder: Embedder | None = None,
 ) -> RecordedClassification:
     """Classify a product and store it: photos by content hash, the line item, and the prediction.
+
+    The record is asked too (`services.history.find_match`: the same SKU for the same importer, the same or a
+    near-identical description among approved, corrected and imported decisions); its answer is stored with the
+    line item and returned beside the model's candidates, never instead of them.
 
     Everything is validated and the model runs before the first write, so a refusal stores nothing.
     The caller owns the transaction (``with factory.begin() as session:``). Photo files are written
@@ -228,6 +238,10 @@ def classify_and_record(
         line_ref: Optional line reference within the shipment.
         photo_root: Photo store root; ``db.photos.default_photo_root()`` when ``None``.
         top_k: Candidates per level.
+        sku: Optional article number, matched against the record with ``importer``.
+        importer: Optional importer (name or EORI).
+        embedder: Text vectors for the record's near-duplicate search; the classifier's text tower when None
+            (no record search when the classifier has no towers).
 
     Raises:
         PermissionDenied: Not signed in, not a broker or admin, or the account changed since sign-in.
@@ -244,6 +258,7 @@ def classify_and_record(
     result = classify(classifier, text=text, photos=photos, top_k=top_k)
     _check_storable(photos)
     prediction = result.prediction
+    record = _ask_record(session, classifier, embedder, result.text, sku, importer)
 
     # First database access only now: the model run above holds no transaction open.
     refresh_actor(session, actor)
@@ -260,10 +275,32 @@ def classify_and_record(
         embedding=embedding,
     )
     row = store_prediction(session, item.id, prediction)
-    audit = {"line_item_id": item.id, "prediction_id": row.id, "model_version": row.model_version}
+    audit: dict[str, Any] = {"line_item_id": item.id, "prediction_id": row.id, "model_version": row.model_version}
+    if record is not None:
+        from services.history import store_match
+
+        store_match(session, item.id, record)
+        audit["record"] = {"how": record.how, "code": record.code, "conflict": record.conflict}
     add_audit_event(session, action="classification", user_id=actor.user_id, username=actor.username, detail=audit)
     log.info("line item %s classified by %s: %s (%s)", item.id, actor.username, prediction.top.code, row.model_version)
-    return RecordedClassification(line_item_id=item.id, prediction_id=row.id, prediction=prediction)
+    return RecordedClassification(line_item_id=item.id, prediction_id=row.id, prediction=prediction, record=record)
+
+
+def _ask_record(
+    session: Session,
+    classifier: Classifier,
+    embedder: Embedder | None,
+    text: str,
+    sku: str | None,
+    importer: str | None,
+) -> Match | None:
+    from services.history import embedder_for, find_match
+
+    embedder = embedder or embedder_for(classifier)
+    if embedder is None:
+        return None
+    sku, importer = _clean_ref(sku, "SKU"), _clean_ref(importer, "importer")
+    return find_match(session, embedder, text, sku=sku, importer=importer)
 
 
 def is_subheading(digits: str) -> bool:

@@ -46,8 +46,36 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def record_lookup(url: str, classifier: Any, text: str | None, sku: str | None, importer: str | None) -> Any:
+    """`predict --history-db URL`: the record's answer for the product as JSON (None when it has nothing)."""
+    from sqlalchemy.exc import ArgumentError, DBAPIError
+
+    from db.engine import make_engine, make_session_factory, run_transaction, upgrade
+    from services.history import embedder_for, find_match
+
+    embedder = embedder_for(classifier)
+    if embedder is None:
+        return None
+    try:
+        engine = make_engine(url)
+    except (ArgumentError, ImportError) as exc:
+        raise UserError(f"bad --history-db URL: {exc}") from None
+    try:
+        upgrade(engine)
+        match = run_transaction(
+            make_session_factory(engine), lambda s: find_match(s, embedder, text, sku=sku, importer=importer)
+        )
+    except DBAPIError as exc:
+        raise UserError(f"cannot read --history-db: {str(exc.orig or exc).splitlines()[0]}") from None
+    finally:
+        engine.dispose()
+    return match.to_json() if match is not None else None
+
+
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``finetune``."""
+    """Register ``finetune``, and hand ``predict`` the record lookup (its ``--history-db``)."""
+    if "predict" in sub.choices:
+        sub.choices["predict"].set_defaults(record_lookup=record_lookup)
     p = sub.add_parser("finetune", help="fine-tune the active model on reviewed decisions; the evaluation gate decides")
     p.add_argument("--db", required=True, help="database URL, e.g. sqlite:///var/hs_desk.sqlite3")
     p.add_argument("--base", default=None, metavar="VERSION", help="registered version to start from (default: active)")

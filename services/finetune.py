@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import model_versions
 from db.engine import run_transaction
+from db.history import live_training_rows
 from db.photos import PhotoPathError, resolve_photo
 from db.queries import add_audit_event
 from db.worklists import reviewed_examples
@@ -35,7 +36,12 @@ log = logging.getLogger(__name__)
 
 
 def collect_reviewed(session: Session, photo_root: Path | None = None) -> list[ReviewedItem]:
-    """Every line item whose current decision is approved or corrected (rejected and pending are left out)."""
+    """Every line item whose current decision is approved or corrected (rejected and pending are left out), then
+    every row of the imported classification histories that were not retracted.
+
+    Imported rows have no line item: they carry the negative of their history row id as both ids (so they never
+    collide with a line item, and `hs_train.finetune.part_of` splits them deterministically like the others).
+    """
     from hs_train.finetune import ReviewedItem
 
     items = []
@@ -49,7 +55,27 @@ def collect_reviewed(session: Session, photo_root: Path | None = None) -> list[R
             except PhotoPathError as exc:
                 log.warning("line item %s: %s", ex.line_item_id, exc)
         items.append(ReviewedItem(ex.line_item_id, ex.decision_id, ex.code, ex.description or "", tuple(photos)))
+    for row, _ in live_training_rows(session):
+        photos = []
+        for ref in row.photos or ():
+            try:
+                photos.append(resolve_photo(photo_root, str(ref.get("path", ""))))
+            except PhotoPathError as exc:
+                log.warning("history row %s: %s", row.id, exc)
+        items.append(ReviewedItem(-row.id, -row.id, row.hs6, row.description, tuple(photos)))
     return items
+
+
+def training_provenance(session: Session, items: list[ReviewedItem]) -> dict[str, Any]:
+    """Where the training decisions come from, for the model card: reviewed in the app, or imported (per import)."""
+    imported = {-i.line_item_id for i in items if i.line_item_id < 0}
+    per_import: dict[str, int] = {}
+    if imported:
+        for row, imp in live_training_rows(session):
+            if row.id in imported:
+                key = f"#{imp.id} {imp.file_name} (sha256 {imp.sha256[:12]})"
+                per_import[key] = per_import.get(key, 0) + 1
+    return {"reviewed": len(items) - len(imported), "imported": len(imported), "imports": per_import}
 
 
 # -- the whole run against a database -------------------------------------------------------------------------
@@ -129,7 +155,7 @@ def run(
 
     def prepare(
         session: Session,
-    ) -> tuple[model_versions.VersionRecord, model_versions.VersionRecord, list[ReviewedItem]]:
+    ) -> tuple[model_versions.VersionRecord, model_versions.VersionRecord, list[ReviewedItem], dict[str, Any]]:
         active = model_registry.ensure_default_registered(session, root=root)
         try:
             base = (
@@ -139,10 +165,11 @@ def run(
             )
         except LookupError as exc:
             raise FinetuneError(str(exc)) from None
-        return active, base, collect_reviewed(session, photo_root)
+        items = collect_reviewed(session, photo_root)
+        return active, base, items, training_provenance(session, items)
 
     with exclusive(root):
-        active_rec, base_rec, items = run_transaction(session_factory, prepare)
+        active_rec, base_rec, items, provenance = run_transaction(session_factory, prepare)
         if len(items) < cfg.min_decisions:
             raise FinetuneError(
                 f"Only {len(items)} reviewed decision(s) so far; at least {cfg.min_decisions} are needed to fine-tune."
@@ -169,7 +196,7 @@ def run(
             cfg=cfg,
             version=version,
             started_by=started_by,
-            data={**data_fingerprint(items), "skipped_unreadable": skipped},
+            data={**data_fingerprint(items), "skipped_unreadable": skipped, "provenance": provenance},
             on_epoch=on_epoch,
         )
         # the base's precedent index votes for the fine-tuned head too (its vectors are the same towers'); the

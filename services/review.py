@@ -19,6 +19,7 @@ from db.decision_log import (
     decision_log_choices,
     latest_decision_id,
 )
+from db.history import max_row_id
 from db.models import LineItem, User
 from db.photos import PhotoPathError, resolve_photo
 from db.queries import QueueItem, current_state, latest_prediction
@@ -244,6 +245,8 @@ def list_decisions(
     filters = filters or DecisionFilter()
     if filters.max_decision_id is None:
         filters = replace(filters, max_decision_id=latest_decision_id(session) or 0)
+    if filters.max_history_row_id is None:
+        filters = replace(filters, max_history_row_id=max_row_id(session))
     rows = decision_log(session, filters)
     newest = tuple(reversed(rows[-limit:])) if limit > 0 else ()
     return DecisionRows(rows=newest, total=len(rows), filters=filters)

@@ -30,6 +30,10 @@ EXPECTED_TABLES = {
     "sign_in_guards",
     "item_comments",
     "line_item_versions",
+    "history_imports",
+    "history_rows",
+    "history_retractions",
+    "history_matches",
     "alembic_version",
 }
 
@@ -44,7 +48,12 @@ def test_upgrade_on_fresh_file_creates_every_table(tmp_path: Path):
             triggers = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='trigger'")}
             version = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one()
         assert {"decisions_no_update", "decisions_no_delete", "audit_events_no_update"} <= triggers
-        assert version == "0003_broker_facts"
+        assert version == "0004_history"
+        assert {
+            f"{t}_no_{v}"
+            for t in ("history_imports", "history_rows", "history_retractions")
+            for v in ("update", "delete")
+        } <= triggers
         assert {"broker_facts_no_update", "broker_facts_no_delete"} <= triggers
         assert {"item_comments_no_update", "item_comments_no_delete"} <= triggers
     finally:
