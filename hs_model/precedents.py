@@ -111,6 +111,8 @@ class PrecedentIndex:
     config: VoteConfig = field(default_factory=VoteConfig)
     _n: int = 0  # rows of `emb` in use (the rest is spare capacity for cheap appends)
     cursor: int = 0  # the last database decision id added (services.precedents keeps it)
+    history_cursor: int = 0  # the last imported history row id added (services.precedents)
+    retraction_cursor: int = 0  # the last history retraction applied (services.precedents)
 
     def __post_init__(self) -> None:
         if self.emb.numel() == 0:

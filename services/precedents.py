@@ -16,6 +16,8 @@ from db.precedents import latest_decisions_after, reviewed_with_embeddings
 from services.auth import Actor, require_role
 
 if TYPE_CHECKING:  # torch and the towers only where a model is used
+    import torch
+
     from hs_model.predict import Classifier, Prediction
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,9 @@ def find_precedents(
     ]
 
 
+IMPORTED = "imported"  # the provenance dataset of imported history rows in the index
+
+
 @dataclass(frozen=True)
 class IndexSync:
     """What one `sync_reviewed_precedents` call did."""
@@ -91,6 +96,8 @@ class IndexSync:
     skipped_empty_text: int = 0
     cursor: int = 0
     enabled: bool = True
+    imported_added: int = 0
+    imported_retired: int = 0
 
 
 def sync_reviewed_precedents(session: Session, classifier: Classifier, batch: int = 5_000) -> IndexSync:
@@ -127,9 +134,50 @@ def sync_reviewed_precedents(session: Session, classifier: Classifier, batch: in
                 invalid += report.skipped_invalid_code
                 empty += report.skipped_empty_text
             index.cursor = rows[-1].decision_id
+        imported_added, imported_retired = _sync_imported(session, classifier, batch)
     if added or retired:
         log.info("precedent index: %d reviewed decisions added, %d retired (cursor %d)", added, retired, index.cursor)
-    return IndexSync(added, retired, invalid, empty, index.cursor)
+    return IndexSync(added, retired, invalid, empty, index.cursor, True, imported_added, imported_retired)
+
+
+def _sync_imported(session: Session, classifier: Classifier, batch: int) -> tuple[int, int]:
+    """Imported history rows join the vote like reviewed decisions (their stored text vectors reused when the
+    same text tower made them); the rows of a retracted import stop voting. Called with the index locked."""
+    from db.history import live_rows_after, retractions_after
+    from hs_model.precedents import valid_code_set
+    from services.history_record import TowerEmbedder, _row_vectors
+
+    index = classifier.precedents
+    assert index is not None
+    embedder = TowerEmbedder(classifier)
+    added = retired = 0
+    while rows := live_rows_after(session, index.history_cursor, batch):
+        emb = torch_from(_row_vectors(rows, embedder))
+        if index.config.space == "joint":
+            emb = classifier.model.embed_text(emb.to(next(classifier.model.parameters()).device)).detach().cpu()
+        report = index.add(
+            [" ".join(r.description.split()) for r in rows],
+            emb,
+            [r.hs6 for r in rows],
+            [(IMPORTED, f"{r.import_id}:{r.line_no}", r.declared_on or r.imported_at.date().isoformat()) for r in rows],
+            valid_code_set(),
+        )
+        added += report.added
+        index.history_cursor = rows[-1].id
+    for retraction_id, import_id in retractions_after(session, index.retraction_cursor):
+        prefix = f"{import_id}:"
+        ids = {pid for ds, pid, _ in index.provenance if ds == IMPORTED and pid.startswith(prefix)}
+        retired += index.retire(IMPORTED, ids)
+        index.retraction_cursor = retraction_id
+    if added or retired:
+        log.info("precedent index: %d imported history rows added, %d retired", added, retired)
+    return added, retired
+
+
+def torch_from(vectors: np.ndarray) -> torch.Tensor:
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
 
 
 # -- the vote's evidence, as the Classify screen lists it ---------------------------------------------------------
@@ -139,6 +187,7 @@ SOURCE_LABELS = {
     "uk_brands": "UK brand declaration",
     "myntra": "catalogue product",
     REVIEWED: "reviewed line item",
+    IMPORTED: "imported declaration",
 }
 
 
@@ -161,8 +210,13 @@ def vote_evidence(prediction: Prediction, code: str) -> list[VoteEvidence]:
     for p in prediction.precedents:
         if p.weight <= 0 or not (p.code.startswith(code) or code.startswith(p.code)):
             continue
-        ref = p.id.split(":", 1)[0]  # "N345977:short" -> the ruling's number
+        ref, _, part = p.id.partition(":")  # "N345977:short" -> the ruling's number; "3:12" -> import 3, line 12
         label = SOURCE_LABELS.get(p.dataset, p.dataset)
-        source = f"{label} #{ref}" if p.dataset == REVIEWED else f"{label} {ref}"
+        if p.dataset == REVIEWED:
+            source = f"{label} #{ref}"
+        elif p.dataset == IMPORTED:
+            source = f"{label}, import #{ref} line {part}"
+        else:
+            source = f"{label} {ref}"
         out.append(VoteEvidence(source, p.date, p.code, p.text, p.similarity, p.weight))
     return sorted(out, key=lambda e: -e.weight)

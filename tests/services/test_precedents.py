@@ -115,3 +115,28 @@ def test_sync_without_an_index_does_nothing(factory, actors):
 
     with factory() as s:
         assert sync_reviewed_precedents(s, _ToyClassifier(None)).enabled is False
+
+
+def test_imported_history_votes_and_a_retracted_import_stops_voting(factory, actors):
+    """A firm's imported declarations join the precedents' vote at the next sync (the same-product record is
+    not the only use of them); retracting the import retires its rows."""
+    from hs_model.precedents import PrecedentIndex
+    from services import history
+    from services.history_file import check_history_file
+    from services.precedents import sync_reviewed_precedents
+
+    data = "description,code,date\nMen's knitted cotton T-shirt,6109.10.00,2026-03-01\nsteel bolts M8,731815,\n"
+    with factory.begin() as s:
+        imp = history.import_history(s, actors["admin"], check_history_file("firm.csv", data.encode()))
+    clf = _ToyClassifier(PrecedentIndex("toy", 8))
+    with factory() as s:
+        first = sync_reviewed_precedents(s, clf)
+    assert first.imported_added == 2 and sorted(clf.precedents.codes) == ["610910", "731815"]
+    assert clf.precedents.provenance[0] == ("imported", f"{imp.import_id}:2", "2026-03-01")
+    with factory() as s:
+        assert sync_reviewed_precedents(s, clf).imported_added == 0  # nothing new: nothing re-read
+    with factory.begin() as s:
+        history.retract_import(s, actors["admin"], imp.import_id, "another customer's file")
+    with factory() as s:
+        after = sync_reviewed_precedents(s, clf)
+    assert after.imported_retired == 2 and clf.precedents.retired == {0, 1}
