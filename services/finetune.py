@@ -20,12 +20,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import model_versions
+from db.broker_facts import facts_in_force
 from db.engine import run_transaction
 from db.history import live_training_rows
 from db.photos import PhotoPathError, resolve_photo
 from db.queries import add_audit_event
 from db.worklists import reviewed_examples
 from hs_model import model_store
+from hs_model.criteria import NONE, UNKNOWN
 from services import model_registry
 
 if TYPE_CHECKING:
@@ -55,6 +57,7 @@ def collect_reviewed(session: Session, photo_root: Path | None = None) -> list[R
             except PhotoPathError as exc:
                 log.warning("line item %s: %s", ex.line_item_id, exc)
         items.append(ReviewedItem(ex.line_item_id, ex.decision_id, ex.code, ex.description or "", tuple(photos)))
+    items = with_broker_facts(session, items)
     for row, _ in live_training_rows(session):
         photos = []
         for ref in row.photos or ():
@@ -64,6 +67,21 @@ def collect_reviewed(session: Session, photo_root: Path | None = None) -> list[R
                 log.warning("history row %s: %s", row.id, exc)
         items.append(ReviewedItem(-row.id, -row.id, row.hs6, row.description, tuple(photos)))
     return items
+
+
+def with_broker_facts(session: Session, items: list[ReviewedItem]) -> list[ReviewedItem]:
+    """The broker's answers to the guided questions become part of what a reviewed item says: "men's T-shirt
+    (stated by the broker: of cotton; knitted or crocheted)". What the description left out and the broker
+    stated is evidence the model learns from; "none of these" and "don't know" say nothing and are left out."""
+    facts = facts_in_force(session, [i.line_item_id for i in items])
+    out = []
+    for item in items:
+        stated = [f.answer_label for f in facts.get(item.line_item_id, []) if f.answer not in (NONE, UNKNOWN)]
+        if stated:
+            text = f"{item.text} (stated by the broker: {'; '.join(a.lower() for a in stated)})".strip()
+            item = dataclasses.replace(item, text=text)
+        out.append(item)
+    return out
 
 
 def training_provenance(session: Session, items: list[ReviewedItem]) -> dict[str, Any]:

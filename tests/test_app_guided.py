@@ -142,3 +142,28 @@ def test_a_batch_line_opened_in_classify_gets_its_questions_and_answers_back(app
         # another model version ranks differently: the stored answer stands, without questions
         other = dataclasses.replace(opened, prediction=dataclasses.replace(opened.prediction, model_version="other"))
         assert reopen_with_guidance(session, guided_classifier, other, "T-shirt").prediction.guidance is None
+
+
+def test_fine_tuning_learns_from_what_the_broker_stated(app_db, guided_classifier):
+    """A reviewed item's training text carries the broker's answers ("don't know" and "none" say nothing)."""
+    from db.queries import find_user
+    from services import decisions
+    from services.classify import classify_and_record
+    from services.finetune import collect_reviewed
+
+    app_db.add_user("bea", "broker", "correct horse battery")
+    app_db.add_user("rita", "reviewer", "correct horse battery")
+    with app_db.factory.begin() as session:
+        bea = Actor.from_user(find_user(session, "bea"))
+        rita = Actor.from_user(find_user(session, "rita"))
+        stated = classify_and_record(session, guided_classifier, bea, text="T-shirt", photos=[])
+        unsure = classify_and_record(session, guided_classifier, bea, text="T-shirt", photos=[])
+        answer_question(session, bea, stated, "textile", "cotton")
+        answer_question(session, bea, unsure, "textile", "unknown")
+        for item, code in ((stated, "610910"), (unsure, "610990")):
+            decisions.submit(session, bea, item.line_item_id, code, "the label says so")
+            decisions.approve(session, rita, item.line_item_id, "")
+    with app_db.factory() as session:
+        texts = {i.line_item_id: i.text for i in collect_reviewed(session)}
+    assert texts[stated.line_item_id] == "T-shirt (stated by the broker: of cotton)"
+    assert texts[unsure.line_item_id] == "T-shirt"
