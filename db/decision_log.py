@@ -33,7 +33,9 @@ LOG_COLUMNS: tuple[str, ...] = (
     "needs_review",
     "broker_facts",  # the broker's answers to guided questions in force at export time
     "history_import",  # imported decisions: "import #3 of firm.csv (sha256 1a2b3c4d5e6f), line 17[, retracted ...]"
+    "precedents",  # the precedents' vote for the decided code when the model proposed it ("4 earlier rulings ...")
 )
+_SELECTED = len(LOG_COLUMNS) - 3  # the columns the decision query selects; the last three are filled in after
 IMPORTED = "imported"  # the kind of a decision that came with an imported classification history
 LOG_KINDS: tuple[str, ...] = (*DECISION_KINDS, IMPORTED)
 
@@ -110,6 +112,7 @@ def decision_log(session: Session, filters: DecisionFilter | None = None) -> lis
             pred.top_code.label("model_top_code"),
             pred.top_score.label("model_top_score"),
             pred.needs_review,
+            pred.candidates,
         )
         .join(User, User.id == Decision.user_id)
         .join(LineItem, LineItem.id == Decision.line_item_id)
@@ -140,11 +143,16 @@ def decision_log(session: Session, filters: DecisionFilter | None = None) -> lis
         stmt = stmt.where(Decision.id <= f.max_decision_id)
     rows: list[dict[str, Any]] = []
     if not f.kinds or set(f.kinds) - {IMPORTED}:
-        rows = [dict(zip(LOG_COLUMNS[:-2], row, strict=True)) for row in session.execute(stmt)]
-        facts = facts_in_force(session, {r["line_item_id"] for r in rows})
-        for r in rows:
+        selected: list[tuple[dict[str, Any], Any]] = [
+            (dict(zip(LOG_COLUMNS[:_SELECTED], row[:_SELECTED], strict=True)), row[_SELECTED])
+            for row in session.execute(stmt)
+        ]
+        facts = facts_in_force(session, {r["line_item_id"] for r, _ in selected})
+        for r, candidates in selected:
             r["broker_facts"] = facts_text(facts.get(r["line_item_id"], ()))
             r["history_import"] = None
+            r["precedents"] = _vote_for(r["code"], candidates)
+        rows = [r for r, _ in selected]
     if (not f.kinds or IMPORTED in f.kinds) and _imports_apply(f):
         imported = [r for r in _imported_rows(session, f) if _in_window(r["decided_at"], f)]
         rows = sorted(rows + imported, key=lambda r: r["decided_at"])  # stable: decisions keep their id order
@@ -201,6 +209,7 @@ def _imported_rows(session: Session, f: DecisionFilter) -> list[dict[str, Any]]:
                 "needs_review": None,
                 "broker_facts": "",
                 "history_import": source,
+                "precedents": None,
             }
         )
     return out
@@ -231,3 +240,11 @@ def decision_log_choices(session: Session) -> LogChoices:
         .order_by(Decision.model_version)
     )
     return LogChoices(usernames=tuple(usernames), model_versions=tuple(v for v in versions if v is not None))
+
+
+def _vote_for(code: str | None, candidates: list[dict[str, Any]] | None) -> str | None:
+    """The stored sentence of the precedents' vote for the decided code, when the model proposed that code."""
+    for c in candidates or ():
+        if code and c.get("level") == 6 and c.get("code") == code:
+            return c.get("precedents")
+    return None

@@ -54,6 +54,7 @@ def _parquet_schema():
         "model_top_code",
         "broker_facts",
         "history_import",
+        "precedents",
     }
     special = {
         "decision_id": pa.int64(),

@@ -59,3 +59,20 @@ def test_the_reviewer_sees_which_candidates_the_precedents_raised(app_db, monkey
     assert not at.exception
     table = next(df.value for df in at.dataframe if "Precedents" in df.value.columns)
     assert dict(zip(table["Code"], table["Precedents"], strict=True))["6109.10"].startswith("2 labelled precedents")
+
+
+def test_the_decision_log_export_carries_the_vote_for_the_decided_code(app_db, monkeypatch: pytest.MonkeyPatch):
+    from db.decision_log import decision_log
+    from db.export import render_rows
+
+    fake = VotedClassifier()
+    monkeypatch.setattr(common, "get_classifier", lambda model_dir: fake)
+    at = classify(signed_in(app_db), "men's cotton T-shirt")
+    at.button(key="classify_submit").click().run()
+    assert not at.exception and not at.error
+    with app_db.factory() as session:
+        rows = decision_log(session)
+    assert [(r["kind"], r["code"], r["precedents"]) for r in rows] == [
+        ("submitted", "610910", "2 labelled precedents on similar goods: 6109.10")
+    ]
+    assert "2 labelled precedents on similar goods: 6109.10" in render_rows(rows, "csv").decode()
