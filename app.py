@@ -219,7 +219,12 @@ def main() -> None:
         wanted = wanted_page()
         if wanted is not None:
             st.session_state[WANTED_KEY] = wanted
-        st.navigation(signed_out_pages(), position="hidden").run()
+        # Just signed out (or ended) in this browser session: the sign-in page alone, so the page the user was on is
+        # not found and Streamlit silently opens the default one. Its shim (same address) would be redrawn in place
+        # instead, and the browser cleared the form while it moved to the page's address (a sign-in typed at that
+        # moment arrived empty).
+        pages = signed_out_pages() if not st.session_state.get(SIGNED_OUT_KEY) else signed_out_pages()[:1]
+        st.navigation(pages, position="hidden").run()
         return
     wanted = st.session_state.pop(WANTED_KEY, None)
     sidebar(actor)
