@@ -183,6 +183,17 @@ def sidebar(actor) -> None:
             st.caption(fallback_reason)
 
 
+def signed_out_pages() -> list:
+    """Before sign-in every address draws the sign-in screen: the default page, and one hidden page per app page's
+    address, so a link to ``/review`` shows the sign-in screen instead of Streamlit's "Page not found" pop-up over it.
+
+    They draw nothing but the sign-in form. After sign-in the navigation holds only the role's pages: a page with the
+    same address opens when the role has it (Streamlit names a page by its address), otherwise the role's first page.
+    """
+    shims = [st.Page(sign_in_screen, title="Sign in", url_path=url) for _, _, _, url in PAGE_SPECS.values()]
+    return [st.Page(sign_in_screen, title="Sign in", url_path="sign-in", default=True), *shims]
+
+
 def main() -> None:
     st.set_page_config(page_title="HS desk", page_icon=str(PAGE_ICON), layout="wide")
     if common.current_actor() is None and not st.session_state.get(SIGNED_OUT_KEY):
@@ -209,14 +220,22 @@ def main() -> None:
         wanted = wanted_page()
         if wanted is not None:
             st.session_state[WANTED_KEY] = wanted
-        st.navigation([st.Page(sign_in_screen, title="Sign in", url_path="sign-in")], position="hidden").run()
+        # Just signed out (or ended) in this browser session: the sign-in page alone, so the page the user was on is
+        # not found and Streamlit silently opens the default one. Its shim (same address) would be redrawn in place
+        # instead, and the browser cleared the form while it moved to the page's address (a sign-in typed at that
+        # moment arrived empty).
+        pages = signed_out_pages() if not st.session_state.get(SIGNED_OUT_KEY) else signed_out_pages()[:1]
+        st.navigation(pages, position="hidden").run()
         return
     wanted = st.session_state.pop(WANTED_KEY, None)
-    if wanted is not None and wanted[0] in ROLE_PAGES.get(actor.role, ()):
-        st.switch_page(PAGES[wanted[0]], query_params=wanted[1] or None)  # the deep link, now that the role allows
     sidebar(actor)
     pages = [PAGES[name] for name in ROLE_PAGES.get(actor.role, ())]
-    st.navigation(pages).run()
+    current = st.navigation(pages)  # registered first: switch_page may only name a page of this navigation
+    if wanted is not None and wanted[0] in ROLE_PAGES.get(actor.role, ()):
+        page, query = PAGES[wanted[0]], wanted[1]
+        if current is not page or any(st.query_params.get(k) != v for k, v in query.items()):
+            st.switch_page(page, query_params=query or None)  # the deep link, now that the role allows
+    current.run()
 
 
 main()

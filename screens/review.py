@@ -24,6 +24,7 @@ from services.decisions import (
 from services.errors import ServiceError
 from services.history import record_note as history_record_note
 from services.review import QueueFilter, queue_facets
+from services.revisions import version_changes
 
 ACTIONS = ("Approve", "Correct", "Reject")
 ALL = ""  # the "no filter" choice of the pick lists
@@ -237,6 +238,40 @@ def evidence(detail) -> None:
         st.caption("No prediction is stored for this item.")
 
 
+DIFF_STYLE = {"same": "{}", "cut": "{}", "removed": ":red[~~{}~~]", "added": ":green[**{}**]"}
+
+
+def diff_markdown(pieces) -> str:
+    """A word diff as markdown: removed words struck through in red, added words bold in green."""
+    return " ".join(DIFF_STYLE[kind].format(md(text)) for kind, text in pieces)
+
+
+def versions(detail) -> None:
+    """A corrected item's earlier versions: what the broker changed at each correction (description, photos)."""
+    actor = common.current_actor()
+    try:
+        changes = common.in_transaction(lambda session: version_changes(session, actor, detail.line_item_id))
+    except ServiceError as exc:
+        st.error(md(str(exc)), icon=":material/error:")
+        return
+    if not changes:
+        return
+    times = "once" if len(changes) == 1 else f"{len(changes)} times"
+    with st.expander(f"Earlier versions: corrected {times} by the broker", expanded=True, icon=":material/history:"):
+        for change in changes:
+            st.markdown(
+                f"**v{change.previous} → v{change.version}** · {change.at:%Y-%m-%d %H:%M} UTC · {md(change.by or '—')}"
+                f" · “{md(change.reason)}”"
+            )
+            text = diff_markdown(change.description) if change.description else "_unchanged_"
+            st.markdown(f"Description: {text}")
+            if change.photos_replaced:
+                photos = f"replaced: {change.photos_before} → {change.photos_after} photo(s)"
+            else:
+                photos = f"unchanged ({change.photos_after})"
+            st.markdown(f"Photos: {photos}")
+
+
 def brokers_choice(detail) -> None:
     st.markdown("**Broker's code**")
     st.markdown(f"### {format_code(detail.submitted_code or '—')}")
@@ -370,6 +405,7 @@ def one_by_one(queue) -> None:
     left, right = st.columns([3, 2], gap="large")
     with left:
         evidence(detail)
+        versions(detail)
     with right:
         brokers_choice(detail)
         history(detail)

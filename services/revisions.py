@@ -7,6 +7,7 @@ they were; the broker then submits a code for the new version as usual.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_REASON_CHARS = 2000
+DIFF_CONTEXT_WORDS = 8  # unchanged words kept on each side of a change; longer unchanged runs are cut to "…"
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,57 @@ class VersionView:
     at: datetime
 
 
+@dataclass(frozen=True)
+class VersionChange:
+    """What changed from one version of a line item to the next, as the reviewer sees it.
+
+    ``description`` is a word diff: ``(kind, text)`` pieces in order, kind ``"same"``, ``"removed"``, ``"added"``
+    or ``"cut"`` (a long unchanged run left out); empty when the description did not change.
+    """
+
+    version: int
+    previous: int
+    reason: str
+    by: str | None
+    at: datetime
+    photos_before: int
+    photos_after: int
+    photos_replaced: bool
+    description: tuple[tuple[str, str], ...]
+
+
+def word_diff(before: str, after: str, context: int = DIFF_CONTEXT_WORDS) -> tuple[tuple[str, str], ...]:
+    """The words removed and added between two descriptions, with ``context`` unchanged words around each change.
+
+    Whitespace differences alone are no change. Returns ``()`` when the words are the same.
+    """
+    old, new = before.split(), after.split()
+    if old == new:
+        return ()
+    pieces: list[tuple[str, str]] = []
+    matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
+    opcodes = matcher.get_opcodes()
+    for n, (tag, i1, i2, j1, j2) in enumerate(opcodes):
+        if tag == "equal":
+            words = old[i1:i2]
+            head = words[:context] if n > 0 else []
+            tail = words[-context:] if n < len(opcodes) - 1 else []
+            if len(head) + len(tail) >= len(words):
+                pieces.append(("same", " ".join(words)))
+                continue
+            if head:
+                pieces.append(("same", " ".join(head)))
+            pieces.append(("cut", "…"))
+            if tail:
+                pieces.append(("same", " ".join(tail)))
+            continue
+        if i2 > i1:
+            pieces.append(("removed", " ".join(old[i1:i2])))
+        if j2 > j1:
+            pieces.append(("added", " ".join(new[j1:j2])))
+    return tuple(pieces)
+
+
 def _photo_rows(item: LineItem) -> list[dict[str, object]]:
     return [
         {"sha256": p.sha256, "path": p.path, "mime": p.mime, "width": p.width, "height": p.height,
@@ -60,9 +113,11 @@ def _photo_rows(item: LineItem) -> list[dict[str, object]]:
     ]  # fmt: skip
 
 
-def _own_item(session: Session, actor: Actor | None, line_item_id: int, action: str) -> tuple[Actor, LineItem]:
+def _own_item(
+    session: Session, actor: Actor | None, line_item_id: int, action: str, *, lock: bool = True
+) -> tuple[Actor, LineItem]:
     actor = refresh_actor(session, require_role(actor, *SUBMITTERS, "reviewer", action=action))
-    item = session.get(LineItem, line_item_id, with_for_update=True)
+    item = session.get(LineItem, line_item_id, with_for_update=lock)
     if item is None:
         raise NotFound(f"Line item {line_item_id} does not exist.")
     if actor.role not in ("admin", "reviewer") and item.created_by != actor.user_id:
@@ -175,3 +230,30 @@ def item_versions(session: Session, actor: Actor | None, line_item_id: int) -> l
         .order_by(LineItemVersion.version)
     )
     return [VersionView(v.version, v.description, len(v.photos), v.reason, name, v.created_at) for v, name in rows]
+
+
+def version_changes(session: Session, actor: Actor | None, line_item_id: int) -> list[VersionChange]:
+    """What each correction of an item changed (description word diff, photos), oldest first; empty until the item
+    is first corrected. For the item's broker, reviewers and admins (a reviewer sees what changed since the
+    rejection)."""
+    _, item = _own_item(session, actor, line_item_id, "see line items", lock=False)  # a read: no row lock
+    rows = list(
+        session.execute(
+            select(LineItemVersion, User.username)
+            .outerjoin(User, User.id == LineItemVersion.created_by)
+            .where(LineItemVersion.line_item_id == item.id)
+            .order_by(LineItemVersion.version)
+        )
+    )
+    changes = []
+    for (prev, _), (cur, name) in zip(rows, rows[1:], strict=False):
+        before = [p.get("sha256") for p in prev.photos]
+        after = [p.get("sha256") for p in cur.photos]
+        changes.append(
+            VersionChange(
+                version=cur.version, previous=prev.version, reason=cur.reason, by=name, at=cur.created_at,
+                photos_before=len(before), photos_after=len(after), photos_replaced=before != after,
+                description=word_diff(prev.description, cur.description),
+            )
+        )  # fmt: skip
+    return changes

@@ -117,6 +117,15 @@ def expect_page_not_found(page) -> None:
     expect(dialog).to_have_count(0, timeout=10_000)
 
 
+def expect_sign_in_screen_only(page) -> None:
+    """Before sign-in, an app page's address draws the sign-in screen, without Streamlit's "Page not found" pop-up."""
+    from playwright.sync_api import expect
+
+    expect(page.get_by_label("Username")).to_be_visible(timeout=60_000)
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    assert headings(page) == ["HS desk"], headings(page)
+
+
 def open_in_this_session(page, base: str, path: str) -> None:
     """Change the URL the way the app's own links do (history + popstate): same browser session, same sign-in."""
     page.evaluate(
@@ -142,9 +151,9 @@ def headings(page) -> list[str]:
 )
 def test_a_page_opened_by_url_by_the_wrong_role_is_refused(server, page, username, path, forbidden_heading):
     page.goto(f"{server}/{path}", timeout=60_000)  # a new browser session: it starts signed out
-    expect_page_not_found(page)
+    expect_sign_in_screen_only(page)
     assert forbidden_heading not in headings(page)
-    sign_in(page, username)
+    sign_in(page, username)  # the role lacks the page: its own first page opens
     assert forbidden_heading not in headings(page), headings(page)
     open_in_this_session(page, server, path)  # signed in now: ask for the page again, in the same session
     if page.get_by_role("dialog").count():
@@ -162,7 +171,10 @@ def test_a_page_opened_by_url_by_the_wrong_role_is_refused(server, page, usernam
 def test_a_page_url_before_sign_in_shows_only_the_sign_in_screen(server, page):
     for path in ("review", "decision-log", "classify", "models", "my-items", "common"):
         page.goto(f"{server}/{path}", timeout=60_000)
-        expect_page_not_found(page)
+        if path == "common":  # not a page of the app: Streamlit says so
+            expect_page_not_found(page)
+        else:  # an app page: the sign-in screen, no pop-up (issue 12 point 4)
+            expect_sign_in_screen_only(page)
         page.get_by_label("Username").wait_for(timeout=60_000)
         assert page.get_by_text(QUEUED).count() == 0
         assert not {"Review submitted codes", "Decision log", "Classify a product"} & set(headings(page))
