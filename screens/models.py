@@ -76,6 +76,16 @@ def history_frame(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(columns, index=pd.Index([r["epoch"] for r in rows], name="epoch"))
 
 
+def draw_history(rows: list[dict], slot=None) -> None:
+    """Two small charts per epoch: the training loss, and the top-1 in % on a scale of its own (one shared axis
+    flattened the top-1 lines against a loss of 3)."""
+    frame = history_frame(rows)
+    with slot.container() if slot is not None else st.container():
+        left, right = st.columns(2)
+        left.line_chart(frame[["loss"]], x_label="epoch", y_label="training loss", height=220)
+        right.line_chart(frame.drop(columns="loss") * 100, x_label="epoch", y_label="top-1 (%)", height=220)
+
+
 def epoch_text(row: dict) -> str:
     """One epoch in words: what the top-1 is measured on (level, part, rows), so a small part's 0.0 % reads as such.
 
@@ -104,7 +114,7 @@ def finetune_now() -> None:
     def on_epoch(row: dict) -> None:
         rows.append(row)
         progress.progress(row["epoch"] / row["epochs"], text=epoch_text(row))
-        chart.line_chart(history_frame(rows))
+        draw_history(rows, chart)
 
     try:
         classifier, _ = common.classifier()
@@ -134,7 +144,7 @@ def last_run() -> None:
     else:
         st.warning(message, icon=":material/info:")
     if run["history"]:
-        st.line_chart(history_frame(run["history"]))
+        draw_history(run["history"])
 
 
 def activation_form(versions) -> None:
