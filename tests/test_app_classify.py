@@ -61,13 +61,6 @@ class FakeClassifier:
         )
 
 
-@pytest.fixture
-def fake_classifier(monkeypatch: pytest.MonkeyPatch) -> FakeClassifier:
-    fake = FakeClassifier()
-    monkeypatch.setattr(common, "get_classifier", lambda model_dir: fake)
-    return fake
-
-
 def count(app_db, model) -> int:
     with app_db.factory() as session:
         return session.scalar(select(func.count()).select_from(model))

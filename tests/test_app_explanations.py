@@ -8,7 +8,7 @@ from PIL import Image
 
 from services import explanations
 from services.explanations import AttributionView, ExplanationView, PhotoView
-from tests.test_app_classify import classify, fake_classifier, signed_in  # noqa: F401 - fixture
+from tests.test_app_classify import classify, signed_in
 
 
 def png() -> bytes:

@@ -115,34 +115,6 @@ def shipped_checkpoint(folder: Path, version: str = "tiny-shipped") -> Path:
     return folder
 
 
-@pytest.fixture
-def factory(app_db):
-    """Session factory on a fresh, migrated SQLite file (see tests/conftest.py)."""
-    return app_db.factory
-
-
-@pytest.fixture
-def actors(factory) -> dict[str, Actor]:
-    with factory.begin() as session:
-        return {
-            role: Actor.from_user(add_user(session, username=f"{role}-user", role=role, password_hash="!"))
-            for role in ("broker", "reviewer", "admin")
-        }
-
-
-@pytest.fixture
-def model_env(app_db, tmp_path, monkeypatch) -> SimpleNamespace:
-    """Registry root, shipped model, cache and (absent) data folder under tmp_path."""
-    root = tmp_path / "registry"
-    shipped = shipped_checkpoint(tmp_path / "shipped")
-    monkeypatch.setenv("HS_MODEL_REGISTRY", str(root))
-    monkeypatch.setenv("HS_MODEL_DIR", str(shipped))
-    monkeypatch.setenv("HS_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("HS_DATA_DIR", str(tmp_path / "no-data"))
-    monkeypatch.setenv("HS_PHOTO_DIR", str(tmp_path / "photos"))
-    return SimpleNamespace(root=root, shipped=shipped, classifier=TinyClassifier())
-
-
 def seed_reviewed(factory, n: int, kinds=("approved", "corrected", "rejected")) -> dict[str, list[int]]:
     """`n` line items per kind; 'corrected' items are submitted with a wrong code and corrected to the right one."""
     with factory.begin() as session:

@@ -17,7 +17,7 @@ from screens import common
 from services import finetune as finetune_service
 from services import models
 from tests.test_app_models import ADMIN
-from tests.test_finetune import TINY_CFG, factory, model_env, seed_reviewed  # noqa: F401 - fixtures
+from tests.test_finetune import TINY_CFG, seed_reviewed
 
 PAGE = str(Path(__file__).resolve().parents[1] / "screens" / "models.py")
 

@@ -16,7 +16,7 @@ from hs_model.checkpoint import CheckpointError, ModelCard
 from hs_model.precedents import PrecedentIndex, VoteConfig
 from services import finetune as finetune_service
 from services import model_registry, models
-from tests.test_finetune import actors, factory, model_env, tiny_card  # noqa: F401 - pytest fixtures
+from tests.test_finetune import tiny_card
 
 
 def tensors(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -35,7 +35,7 @@ def add_version(session, root, version: str, parent: str | None = None, seed: in
     return model_registry.register_folder(session, folder)
 
 
-def test_round_trip_save_load_activate_roll_back(factory, model_env):  # noqa: F811
+def test_round_trip_save_load_activate_roll_back(factory, model_env):
     root = model_env.root
     with factory.begin() as session:
         shipped = model_registry.ensure_default_registered(session)
@@ -70,7 +70,7 @@ def test_round_trip_save_load_activate_roll_back(factory, model_env):  # noqa: F
     assert len(changes) == 5
 
 
-def test_first_version_is_zero_shot_when_nothing_is_shipped(factory, model_env, monkeypatch, tmp_path):  # noqa: F811
+def test_first_version_is_zero_shot_when_nothing_is_shipped(factory, model_env, monkeypatch, tmp_path):
     monkeypatch.setenv("HS_MODEL_DIR", str(tmp_path / "nothing-here"))
     with factory.begin() as session:
         first = model_registry.ensure_default_registered(session)
@@ -80,7 +80,7 @@ def test_first_version_is_zero_shot_when_nothing_is_shipped(factory, model_env, 
     assert folder is not None and (folder / "card.json").is_file() and not (folder / "weights.safetensors").exists()
 
 
-def test_tampered_weights_are_refused_with_a_clear_error(factory, model_env):  # noqa: F811
+def test_tampered_weights_are_refused_with_a_clear_error(factory, model_env):
     with factory.begin() as session:
         add_version(session, model_env.root, "v2")
         model_registry.activate(session, "v2", user_id=None, username=None, reason="")
@@ -95,7 +95,7 @@ def test_tampered_weights_are_refused_with_a_clear_error(factory, model_env):  #
             models.active_model_dir(session)
 
 
-def test_a_card_and_weights_swapped_together_are_still_refused(factory, model_env):  # noqa: F811
+def test_a_card_and_weights_swapped_together_are_still_refused(factory, model_env):
     """The card carries its own hash, so an attacker rewrites both: the database's hash still catches it."""
     with factory.begin() as session:
         add_version(session, model_env.root, "v2", seed=1)
@@ -106,7 +106,7 @@ def test_a_card_and_weights_swapped_together_are_still_refused(factory, model_en
         model_registry.load_version(session, "v2")
 
 
-def test_missing_files_are_reported(factory, model_env):  # noqa: F811
+def test_missing_files_are_reported(factory, model_env):
     with factory.begin() as session:
         rec = add_version(session, model_env.root, "v2")
     (model_env.root / "v2" / "weights.safetensors").unlink()
@@ -115,7 +115,7 @@ def test_missing_files_are_reported(factory, model_env):  # noqa: F811
         model_registry.verify(rec)
 
 
-def test_versions_are_written_once_and_atomically(model_env, monkeypatch):  # noqa: F811
+def test_versions_are_written_once_and_atomically(model_env, monkeypatch):
     root = model_env.root
     model_store.write_version(tensors(), card("v2"), root)
     with pytest.raises(FileExistsError):
@@ -130,7 +130,7 @@ def test_versions_are_written_once_and_atomically(model_env, monkeypatch):  # no
     assert sorted(p.name for p in root.iterdir()) == ["v2"]  # neither v3 nor its temporary folder
 
 
-def test_stale_temporary_folders_of_crashed_writers_are_swept(model_env):  # noqa: F811
+def test_stale_temporary_folders_of_crashed_writers_are_swept(model_env):
     root = model_env.root
     root.mkdir(parents=True)
     stale, fresh = root / ".tmp-old-1234", root / ".tmp-new-5678"
@@ -157,7 +157,7 @@ def _ship_index(folder, space: str = "raw") -> PrecedentIndex:
     return index
 
 
-def test_the_registered_copy_of_the_shipped_model_keeps_its_precedent_index(factory, model_env):  # noqa: F811
+def test_the_registered_copy_of_the_shipped_model_keeps_its_precedent_index(factory, model_env):
     _ship_index(model_env.shipped)
     with factory.begin() as session:
         model_registry.ensure_default_registered(session)
@@ -166,7 +166,7 @@ def test_the_registered_copy_of_the_shipped_model_keeps_its_precedent_index(fact
     assert back is not None and back.codes == ["650610", "610910"]  # without it the app served no vote at all
 
 
-def test_a_stored_copy_made_without_the_index_gets_it_added(model_env):  # noqa: F811
+def test_a_stored_copy_made_without_the_index_gets_it_added(model_env):
     root = model_env.root
     plain = model_store.copy_into_store(model_env.shipped, "tiny-shipped", root)  # nothing shipped yet
     assert model_store.precedent_files(plain) == []
@@ -179,7 +179,7 @@ def test_a_stored_copy_made_without_the_index_gets_it_added(model_env):  # noqa:
     assert not [p for p in again.iterdir() if p.name.startswith(".tmp-")]
 
 
-def test_a_finetuned_version_carries_its_base_index_unless_the_index_belongs_to_the_head(factory, model_env):  # noqa: F811
+def test_a_finetuned_version_carries_its_base_index_unless_the_index_belongs_to_the_head(factory, model_env):
     from tests.test_finetune import TINY_CFG, seed_reviewed
 
     _ship_index(model_env.shipped)
