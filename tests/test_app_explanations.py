@@ -37,7 +37,7 @@ def attribution(code: str, versus: str | None) -> AttributionView:
     )
 
 
-def test_explain_panel_shows_heatmaps_words_contrast_and_no_precedents(app_db, fake_classifier, monkeypatch):  # noqa: F811
+def test_explain_panel_shows_heatmaps_words_contrast_and_no_precedents(app_db, fake_classifier, monkeypatch):
     from hs_core.nomenclature import get_nomenclature
 
     calls = []

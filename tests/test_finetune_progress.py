@@ -22,7 +22,7 @@ from tests.test_finetune import TINY_CFG, seed_reviewed
 PAGE = str(Path(__file__).resolve().parents[1] / "screens" / "models.py")
 
 
-def test_each_epoch_names_the_part_its_size_and_the_heading_top1_beside_the_subheading(factory, model_env):  # noqa: F811
+def test_each_epoch_names_the_part_its_size_and_the_heading_top1_beside_the_subheading(factory, model_env):
     made = seed_reviewed(factory, 30, kinds=("approved", "corrected"))
     ids = made["approved"] + made["corrected"]
     n_val = sum(part_of(i) == "val" for i in ids)
@@ -43,8 +43,8 @@ def test_each_epoch_names_the_part_its_size_and_the_heading_top1_beside_the_subh
 
 
 def test_without_validation_items_the_epochs_say_they_are_measured_on_the_training_items(
-    factory,  # noqa: F811
-    model_env,  # noqa: F811
+    factory,
+    model_env,
     monkeypatch,
 ):
     made = seed_reviewed(factory, 20, kinds=("approved",))
