@@ -32,7 +32,7 @@ from hs_model.errors import InputError
 from hs_model.model import HsJointModel, LabelSpace
 from hs_model.predict import Classifier, Features, Query, trained_parts
 from hs_train.datasets import split_of
-from hs_train.train import FeatureSet, TrainConfig, batch_logits, calibrate, fit
+from hs_train.train import FeatureSet, TrainConfig, calibrate, fit, level_top1
 
 log = logging.getLogger(__name__)
 
@@ -273,42 +273,13 @@ def load_benchmark(classifier: Classifier, data_dir: Path | None = None) -> Labe
 
 
 # -- scoring ------------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def predicted_codes(
-    model: HsJointModel, feats: Features, levels: Sequence[int] = (4, 6), chunk: int = 512
-) -> dict[int, list[str]]:
-    """Top-1 code at each level for every row, from one forward pass per chunk."""
-    model.eval()
-    device = next(model.parameters()).device
-    out: dict[int, list[str]] = {lv: [] for lv in levels}
-    columns = (feats.text, feats.image_pooled, feats.image_probs, feats.has_text, feats.has_image)
-    for i in range(0, len(feats.has_text), chunk):
-        text, pooled, probs, has_text, has_image = (t[i : i + chunk] for t in columns)
-        logits = model(*Features(text, pooled, probs, has_text, has_image).as_inputs(device)).logits
-        for lv in levels:
-            codes = model.space.codes(lv)
-            out[lv] += [codes[j] for j in model.level_log_probs(logits, lv).argmax(-1).tolist()]
-    return out
-
-
 def accuracies(
     model: HsJointModel, data: LabelledSet | None, levels: Sequence[int] = (4, 6)
 ) -> dict[int, tuple[float | None, int]]:
-    """Top-1 accuracy at each level over the rows labelled to at least that level: {level: (accuracy, rows)}."""
+    """`level_top1` on a labelled set (None or empty: no rows)."""
     if data is None or not len(data):
         return {lv: (None, 0) for lv in levels}
-    pred = predicted_codes(model, data.features, levels)
-    out: dict[int, tuple[float | None, int]] = {}
-    for lv in levels:
-        rows = [i for i, g in enumerate(data.golds) if len(g) >= lv]
-        hits = sum(pred[lv][i] == data.golds[i][:lv] for i in rows)
-        out[lv] = (hits / len(rows), len(rows)) if rows else (None, 0)
-    return out
-
-
-def top1(model: HsJointModel, data: LabelledSet | None, level: int) -> tuple[float | None, int]:
-    """Top-1 accuracy at one level: (accuracy or None, rows)."""
-    return accuracies(model, data, (level,))[level]
+    return level_top1(model, data.features, data.golds, levels)
 
 
 @dataclass(frozen=True)
@@ -459,23 +430,12 @@ class EpochCheck:
 
     def __init__(self, space: LabelSpace, rows: FeatureSet, part: str) -> None:
         self.rows, self.part = rows, part
-        self.gold: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        for level in (6, 4):
-            pos = {c: i for i, c in enumerate(space.codes(level))}
-            labelled = (rows.level >= level).nonzero().flatten()
-            gold = [pos.get(space.codes(lv)[t][:level], -1) for t, lv in
-                    zip(rows.target[labelled].tolist(), rows.level[labelled].tolist(), strict=True)]  # fmt: skip
-            self.gold[level] = (labelled, torch.tensor(gold, dtype=torch.long))
+        self.golds = rows.golds(space)
 
     def __call__(self, model: HsJointModel) -> dict[str, Any]:
         out: dict[str, Any] = {"val_part": self.part, "val_rows": len(self.rows)}
-        logits = batch_logits(model, self.rows) if len(self.rows) else None
-        for level, (labelled, gold) in self.gold.items():
-            top1: float | None = None
-            if logits is not None and len(labelled):
-                pred = model.level_log_probs(logits[labelled], level).argmax(-1)
-                top1 = float((pred == gold).float().mean())
-            out[f"val_hs{level}_top1"], out[f"val_hs{level}_rows"] = top1, len(labelled)
+        for level, (top1, n) in level_top1(model, self.rows.inputs(), self.golds, (6, 4)).items():
+            out[f"val_hs{level}_top1"], out[f"val_hs{level}_rows"] = top1, n
         return out
 
 

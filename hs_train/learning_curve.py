@@ -36,9 +36,8 @@ from hs_train.finetune import (
     load_base,
     load_benchmark,
     part_of,
-    predicted_codes,
-    top1,
 )
+from hs_train.train import predicted_codes
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +213,12 @@ def run_learning_curve(
         "headings": heads,
         "n": len(chosen),
         "test_rows_in_headings": len(in_heads),
-        "accuracy_in_headings_before": _round(top1(base.model, test.subset(in_heads), 4)[0]) if in_heads else None,
-        "accuracy_in_headings_after": _round(top1(weak_model, test.subset(in_heads), 4)[0]) if in_heads else None,
+        "accuracy_in_headings_before": _round(accuracies(base.model, test.subset(in_heads), (4,))[4][0])
+        if in_heads
+        else None,
+        "accuracy_in_headings_after": _round(accuracies(weak_model, test.subset(in_heads), (4,))[4][0])
+        if in_heads
+        else None,
         **res,
     }
 

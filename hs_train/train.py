@@ -24,7 +24,7 @@ import torch
 from hs_model.bank import DEFAULT_BRIDGE_PROMPT, build_official_bank, with_extra_prototypes
 from hs_model.checkpoint import ModelCard, save_checkpoint
 from hs_model.model import HeadConfig, HsJointModel, LabelSpace
-from hs_model.predict import trained_parts
+from hs_model.predict import Features, trained_parts
 from hs_model.towers import ImageTower, TextTower
 from hs_train.calibration import choose_threshold, dataset_weights
 from hs_train.datasets import Split, split_of
@@ -70,6 +70,14 @@ class FeatureSet:
 
     def __len__(self) -> int:
         return len(self.target)
+
+    def inputs(self) -> Features:
+        """The towers' outputs of these rows, as the model takes them (the one container of model inputs)."""
+        return Features(self.text, self.pooled, self.probs, self.has_text, self.has_image)
+
+    def golds(self, space: LabelSpace) -> list[str]:
+        """Each row's gold code (at its own label level) as digits."""
+        return [space.codes(lv)[t] for t, lv in zip(self.target.tolist(), self.level.tolist(), strict=True)]
 
     def subset(self, idx: torch.Tensor) -> FeatureSet:
         src = [self.source[i] for i in idx.tolist()] if self.source else []
@@ -190,18 +198,52 @@ def batch_logits(model: HsJointModel, fs: FeatureSet, chunk: int = 1024) -> torc
     return torch.cat(out) if out else torch.zeros(0, len(model.space.subheadings))
 
 
+@torch.no_grad()
+def predicted_codes(
+    model: HsJointModel, feats: Features, levels: Sequence[int] = (4, 6), chunk: int = 512
+) -> dict[int, list[str]]:
+    """Top-1 code at each level for every row, from one forward pass per chunk."""
+    model.eval()
+    device = next(model.parameters()).device
+    out: dict[int, list[str]] = {lv: [] for lv in levels}
+    columns = (feats.text, feats.image_pooled, feats.image_probs, feats.has_text, feats.has_image)
+    for i in range(0, len(feats.has_text), chunk):
+        text, pooled, probs, has_text, has_image = (t[i : i + chunk] for t in columns)
+        logits = model(*Features(text, pooled, probs, has_text, has_image).as_inputs(device)).logits
+        for lv in levels:
+            codes = model.space.codes(lv)
+            out[lv] += [codes[j] for j in model.level_log_probs(logits, lv).argmax(-1).tolist()]
+    return out
+
+
+def level_top1(
+    model: HsJointModel,
+    inputs: Features,
+    golds: Sequence[str],
+    levels: Sequence[int] = (2, 4, 6),
+    exact: bool = False,
+) -> dict[int, tuple[float | None, int]]:
+    """The one accuracy function of training, fine-tuning, their gates and the learning curve.
+
+    Top-1 at each level over the rows whose gold code has at least that many digits (exactly that many when
+    `exact`): ``{level: (accuracy, rows)}``, ``(None, 0)`` where no row qualifies. A gold code the label space
+    does not hold counts as wrong. (`hs_train.evaluate` scores served predictions, not a model: top-k, macro
+    P/R/F1, calibration.)
+    """
+    pred = predicted_codes(model, inputs, levels) if len(golds) else {lv: [] for lv in levels}
+    out: dict[int, tuple[float | None, int]] = {}
+    for lv in levels:
+        rows = [i for i, g in enumerate(golds) if (len(g) == lv if exact else len(g) >= lv)]
+        hits = sum(pred[lv][i] == golds[i][:lv] for i in rows)
+        out[lv] = (hits / len(rows), len(rows)) if rows else (None, 0)
+    return out
+
+
 def accuracy(model: HsJointModel, fs: FeatureSet) -> float:
-    """Top-1 at each row's own label level (mean over rows)."""
-    if not len(fs):
-        return 0.0
-    logits = batch_logits(model, fs)
-    hits = []
-    for level in (2, 4, 6):
-        rows = fs.level == level
-        if rows.any():
-            pred = model.level_log_probs(logits[rows], level).argmax(-1)
-            hits.append((pred == fs.target[rows]).float())
-    return float(torch.cat(hits).mean())
+    """Top-1 at each row's own label level, the mean over rows (what `fit` picks its best epoch by)."""
+    per_level = level_top1(model, fs.inputs(), fs.golds(model.space), exact=True)
+    rows = sum(n for _, n in per_level.values())
+    return sum(acc * n for acc, n in per_level.values() if acc is not None) / rows if rows else 0.0
 
 
 @torch.no_grad()
