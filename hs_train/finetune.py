@@ -135,8 +135,8 @@ class LabelledSet:
         has_text, has_image = f.has_text[t], f.has_image[t]
         return FeatureSet(
             text=f.text[t],
-            pooled=f.image_pooled[t],
-            probs=f.image_probs[t],
+            image_pooled=f.image_pooled[t],
+            image_probs=f.image_probs[t],
             has_text=has_text,
             has_image=has_image,
             target=torch.tensor([pos[len(self.golds[i])][self.golds[i]] for i in keep], dtype=torch.long),
@@ -406,8 +406,8 @@ def replay_pool(model: HsJointModel, tensors: dict[str, torch.Tensor]) -> Featur
     first = model.bank_text.shape[0] - n  # the extra texts follow the official ones in the bank
     return FeatureSet(
         text=emb,
-        pooled=torch.zeros(n, model.cfg.image_dim),
-        probs=torch.zeros(n, 1000),
+        image_pooled=torch.zeros(n, model.cfg.image_dim),
+        image_probs=torch.zeros(n, 1000),
         has_text=torch.ones(n, dtype=torch.bool),
         has_image=torch.zeros(n, dtype=torch.bool),
         target=torch.tensor([pos[f"{int(c):06d}"] for c in tensors["bank.code"].tolist()], dtype=torch.long),
@@ -434,7 +434,7 @@ class EpochCheck:
 
     def __call__(self, model: HsJointModel) -> dict[str, Any]:
         out: dict[str, Any] = {"val_part": self.part, "val_rows": len(self.rows)}
-        for level, (top1, n) in level_top1(model, self.rows.inputs(), self.golds, (6, 4)).items():
+        for level, (top1, n) in level_top1(model, self.rows, self.golds, (6, 4)).items():
             out[f"val_hs{level}_top1"], out[f"val_hs{level}_rows"] = top1, n
         return out
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,15 +54,11 @@ class TrainConfig:
     seed: int = 0
 
 
-@dataclass
-class FeatureSet:
-    """Cached tower outputs for a pool of training views, plus labels."""
+@dataclass(frozen=True, kw_only=True)
+class FeatureSet(Features):
+    """A pool of training views: `Features` (the towers' outputs, the model's inputs: the one container of them)
+    with each row's label, so anything that takes Features (the model, `level_top1`) takes a pool as it is."""
 
-    text: torch.Tensor  # [N, E]
-    pooled: torch.Tensor  # [N, C]
-    probs: torch.Tensor  # [N, 1000]
-    has_text: torch.Tensor  # [N] bool
-    has_image: torch.Tensor  # [N] bool
     target: torch.Tensor  # [N] index of the gold code within its level
     level: torch.Tensor  # [N] 2 | 4 | 6
     exclude: torch.Tensor  # [N] bank row to hide (label-text examples), else -1
@@ -71,27 +68,25 @@ class FeatureSet:
     def __len__(self) -> int:
         return len(self.target)
 
-    def inputs(self) -> Features:
-        """The towers' outputs of these rows, as the model takes them (the one container of model inputs)."""
-        return Features(self.text, self.pooled, self.probs, self.has_text, self.has_image)
-
     def golds(self, space: LabelSpace) -> list[str]:
         """Each row's gold code (at its own label level) as digits."""
         return [space.codes(lv)[t] for t, lv in zip(self.target.tolist(), self.level.tolist(), strict=True)]
 
     def subset(self, idx: torch.Tensor) -> FeatureSet:
         src = [self.source[i] for i in idx.tolist()] if self.source else []
-        tensors: dict[str, torch.Tensor] = {f: getattr(self, f)[idx] for f in _TENSORS}
+        tensors: dict[str, Any] = {f: getattr(self, f)[idx] for f in _TENSORS}
         return FeatureSet(**tensors, source=src)
 
     @staticmethod
-    def concat(parts: Sequence[FeatureSet]) -> FeatureSet:
-        parts = [p for p in parts if len(p)]
-        tensors: dict[str, torch.Tensor] = {f: torch.cat([getattr(p, f) for p in parts]) for f in _TENSORS}
-        return FeatureSet(**tensors, source=sum((p.source for p in parts), []))
+    def concat(parts: Sequence[Features]) -> FeatureSet:
+        sets = [p for p in parts if isinstance(p, FeatureSet) and len(p)]
+        tensors: dict[str, Any] = {f: torch.cat([getattr(p, f) for p in sets]) for f in _TENSORS}
+        return FeatureSet(**tensors, source=sum((p.source for p in sets), []))
 
 
-_TENSORS = ("text", "pooled", "probs", "has_text", "has_image", "target", "level", "exclude", "pair")
+_TENSORS = (
+    "text", "image_pooled", "image_probs", "has_text", "has_image", "target", "level", "exclude", "pair"
+)  # fmt: skip
 
 
 # -- training on feature pools (no towers needed: tests use tiny models) ---------------------------------------
@@ -141,14 +136,14 @@ def fit(
         total = 0.0
         for s in range(steps):
             b = pool.subset(order[s * cfg.batch_size : (s + 1) * cfg.batch_size])
-            out = model(b.text, b.pooled, b.probs, b.has_text, b.has_image, b.exclude)
+            out = model(b.text, b.image_pooled, b.image_probs, b.has_text, b.has_image, b.exclude)
             loss = hierarchical_nll(
                 lambda z, lv: model.level_log_probs(z, lv, temperature=False), out.logits, b.target, b.level
             )
             weak = b.level == 4
             if teacher is not None and bool(weak.any()):
                 with torch.no_grad():
-                    inputs = (b.text, b.pooled, b.probs, b.has_text, b.has_image, b.exclude)
+                    inputs = (b.text, b.image_pooled, b.image_probs, b.has_text, b.has_image, b.exclude)
                     t_logits = teacher(*(x[weak] for x in inputs)).logits
                 loss = loss + cfg.within_heading_kl * within_heading_kl(
                     out.logits[weak], t_logits, b.target[weak], model.sub_to_head
@@ -194,7 +189,7 @@ def batch_logits(model: HsJointModel, fs: FeatureSet, chunk: int = 1024) -> torc
     out = []
     for i in range(0, len(fs), chunk):
         part = fs.subset(torch.arange(i, min(i + chunk, len(fs))))
-        out.append(model(part.text, part.pooled, part.probs, part.has_text, part.has_image).logits)
+        out.append(model(part.text, part.image_pooled, part.image_probs, part.has_text, part.has_image).logits)
     return torch.cat(out) if out else torch.zeros(0, len(model.space.subheadings))
 
 
@@ -241,7 +236,7 @@ def level_top1(
 
 def accuracy(model: HsJointModel, fs: FeatureSet) -> float:
     """Top-1 at each row's own label level, the mean over rows (what `fit` picks its best epoch by)."""
-    per_level = level_top1(model, fs.inputs(), fs.golds(model.space), exact=True)
+    per_level = level_top1(model, fs, fs.golds(model.space), exact=True)
     rows = sum(n for _, n in per_level.values())
     return sum(acc * n for acc, n in per_level.values() if acc is not None) / rows if rows else 0.0
 
@@ -335,8 +330,8 @@ class Trainer:
         emb = cached_text_embeddings(self.text_tower, texts, source)
         return FeatureSet(
             text=emb,
-            pooled=torch.zeros(n, self.image_tower.dim),
-            probs=torch.zeros(n, 1000),
+            image_pooled=torch.zeros(n, self.image_tower.dim),
+            image_probs=torch.zeros(n, 1000),
             has_text=torch.ones(n, dtype=torch.bool),
             has_image=torch.zeros(n, dtype=torch.bool),
             target=torch.tensor([self.pos[len(c)][c] for c in codes], dtype=torch.long),
@@ -366,7 +361,10 @@ class Trainer:
         zeros_img, zeros_p = torch.zeros_like(pooled), torch.zeros_like(probs)
 
         def view(text, p, q, has_t, has_i, pair, name) -> FeatureSet:
-            return FeatureSet(text, p, q, has_t, has_i, target, level, torch.full((n,), -1), pair, [name] * n)
+            return FeatureSet(
+                text, p, q, has_t, has_i, target=target, level=level, exclude=torch.full((n,), -1), pair=pair,
+                source=[name] * n,
+            )  # fmt: skip
 
         return {
             "full": view(full_t, pooled, probs, yes, yes, yes, "myntra-full"),

@@ -24,8 +24,8 @@ def synthetic_pool(n: int, seed: int) -> FeatureSet:
     )
     return FeatureSet(
         text=torch.zeros(n, E),
-        pooled=pooled,
-        probs=torch.softmax(torch.randn(n, 1000, generator=g), -1),
+        image_pooled=pooled,
+        image_probs=torch.softmax(torch.randn(n, 1000, generator=g), -1),
         has_text=torch.zeros(n, dtype=torch.bool),
         has_image=torch.ones(n, dtype=torch.bool),
         target=target,
@@ -70,7 +70,7 @@ def test_heading_labels_move_headings_not_the_order_inside_them():
 
     def within_heading_order(m) -> list[list[int]]:
         with torch.no_grad():
-            logits = m(feats.text, feats.pooled, feats.probs, feats.has_text, feats.has_image).logits
+            logits = m(feats.text, feats.image_pooled, feats.image_probs, feats.has_text, feats.has_image).logits
         heads = m.sub_to_head.tolist()
         return [
             [sorted([j for j in range(len(CODES)) if heads[j] == h], key=lambda j: -float(row[j])) for h in set(heads)]
