@@ -123,7 +123,7 @@ def fit(
     ]
     # The model as it starts: the teacher of the split inside a heading for rows labelled with a heading only.
     teacher = copy.deepcopy(model).eval() if cfg.within_heading_kl > 0 else None
-    history, best, best_state = [], -1.0, None
+    history, best, best_state = [], (-1.0, 0.0), None
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -156,14 +156,17 @@ def fit(
             loss.backward()
             opt.step()
             total += float(loss.detach())
-        acc = accuracy(model, val)
-        row = {"epoch": epoch + 1, "loss": total / steps, "val_top1": acc, "seconds": time.perf_counter() - t0}
+        acc, nll = accuracy(model, val), validation_nll(model, val)
+        row = {
+            "epoch": epoch + 1, "loss": total / steps, "val_top1": acc, "val_nll": nll,
+            "seconds": time.perf_counter() - t0,
+        }  # fmt: skip
         history.append(row)
         log.info("epoch %(epoch)d loss %(loss).3f val top-1 %(val_top1).3f (%(seconds).0f s)", row)
         if on_epoch:
             on_epoch(row)
-        if acc > best:
-            best, best_state = acc, {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if (acc, -nll) > best:  # equal top-1 (common on a small fine-tune set): the lower validation loss wins
+            best, best_state = (acc, -nll), {k: v.detach().clone() for k, v in model.state_dict().items()}
     for hook in hooks:
         hook.remove()
     if best_state is not None:
@@ -232,6 +235,16 @@ def level_top1(
         hits = sum(pred[lv][i] == golds[i][:lv] for i in rows)
         out[lv] = (hits / len(rows), len(rows)) if rows else (None, 0)
     return out
+
+
+@torch.no_grad()
+def validation_nll(model: HsJointModel, fs: FeatureSet) -> float:
+    """Mean hierarchical NLL of the gold codes (uncalibrated): what breaks a tie between epochs of equal top-1."""
+    if not len(fs):
+        return 0.0
+    logits = batch_logits(model, fs)
+    return float(hierarchical_nll(lambda z, lv: model.level_log_probs(z, lv, temperature=False), logits,
+                                  fs.target, fs.level))  # fmt: skip
 
 
 def accuracy(model: HsJointModel, fs: FeatureSet) -> float:

@@ -87,3 +87,22 @@ def test_heading_labels_move_headings_not_the_order_inside_them():
     )
     untrained.eval()
     assert within_heading_order(model) == within_heading_order(untrained)
+
+
+def test_epochs_of_equal_top1_are_told_apart_by_the_validation_loss(monkeypatch):
+    """A small fine-tune scores the same top-1 at every epoch: the epoch kept is the one with the lowest loss,
+    not simply the first (which left a fine-tune at its first epoch)."""
+    import hs_train.train as train_module
+
+    model = tiny_model()
+    states, losses = [], iter([3.0, 1.0, 2.0])
+    monkeypatch.setattr(train_module, "accuracy", lambda m, fs: 0.5)
+    monkeypatch.setattr(train_module, "validation_nll", lambda m, fs: next(losses))
+    history = fit(
+        model, synthetic_pool(60, 0), synthetic_pool(20, 1), TrainConfig(epochs=3, batch_size=16, lr=0.05),
+        on_epoch=lambda row: states.append({k: v.clone() for k, v in model.state_dict().items()}),
+    )  # fmt: skip
+    assert [r["val_nll"] for r in history] == [3.0, 1.0, 2.0]
+    kept = model.state_dict()
+    assert all(torch.equal(kept[k], states[1][k]) for k in kept)  # the second epoch's weights
+    assert not all(torch.equal(kept[k], states[2][k]) for k in kept)
