@@ -194,7 +194,9 @@ class ImageTower(nn.Module):
         return ImageFeatures(torch.cat(pooled), torch.cat(probs))
 
 
-ADAPTER_PREFIX = "text_lora."  # checkpoint keys of a low-rank text-tower adapter: <prefix><module>.A / .B, <prefix>scale
+ADAPTER_PREFIX = (
+    "text_lora."  # checkpoint keys of a low-rank text-tower adapter: <prefix><module>.A / .B, <prefix>scale
+)
 
 
 def adapter_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -245,7 +247,9 @@ def merge_text_adapter(tower: TextTower, tensors: dict[str, torch.Tensor]) -> Te
                 raise ValueError(f"text adapter names {name!r}, which is not a linear layer of {tower.name}")
             delta = scale * (b.float() @ a.float())
             if delta.shape != layer.weight.shape:
-                raise ValueError(f"text adapter for {name!r} has shape {tuple(delta.shape)}, not {tuple(layer.weight.shape)}")
+                raise ValueError(
+                    f"text adapter for {name!r} has shape {tuple(delta.shape)}, not {tuple(layer.weight.shape)}"
+                )
             layer.weight += delta.to(layer.weight.device, layer.weight.dtype)
     for p in tuned.parameters():
         p.requires_grad_(False)

@@ -199,7 +199,9 @@ def heldout_conditions(data_dir: Path) -> dict[str, Pool]:
     for split in ("val", "test"):
         rows = [e for e in uk if split_of(e.text or e.id) == split and e.text]
         out[f"UK parcels, {split}"] = _pool([e.text or "" for e in rows], [e.hs for e in rows])
-    out["May 2026 rulings, full description"] = _pool([" ".join(r["description"].split()) for r in may], [r["hs6"] for r in may])
+    out["May 2026 rulings, full description"] = _pool(
+        [" ".join(r["description"].split()) for r in may], [r["hs6"] for r in may]
+    )
     out["May 2026 rulings, short"] = _pool([r["short"] for r in may], [r["hs6"] for r in may])
     for split in ("val", "test"):
         rows = [e for e in load_myntra(data_dir, split) if e.text]  # type: ignore[arg-type]
@@ -213,7 +215,7 @@ class Tuner:
 
     def __init__(self, data_dir: Path, cfg: TuneConfig = TuneConfig()) -> None:
         from hs_core.nomenclature import EDITION, get_nomenclature
-        from hs_train.train import Trainer, TrainConfig
+        from hs_train.train import TrainConfig, Trainer
 
         torch.manual_seed(cfg.seed)
         self.cfg, self.data_dir = cfg, data_dir
@@ -353,7 +355,12 @@ class Tuner:
                     (time.perf_counter() - t0) / (step + 1),
                 )
                 history.append(
-                    {"step": step + 1, "loss": running / 50, "seconds": time.perf_counter() - t0, "lr": sched.get_last_lr()[0]}
+                    {
+                        "step": step + 1,
+                        "loss": running / 50,
+                        "seconds": time.perf_counter() - t0,
+                        "lr": sched.get_last_lr()[0],
+                    }
                 )
                 running = 0.0
             if heldout and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:

@@ -8,13 +8,19 @@ import pytest
 import torch
 from torch import nn
 
-from hs_model.towers import _packaged_text_path
 from hs_model.checkpoint import CheckpointError, ModelCard, save_checkpoint
 from hs_model.config import TowerConfig
 from hs_model.model import LabelBank
 from hs_model.predict import Classifier, Query, trained_parts
-from hs_model.towers import ADAPTER_PREFIX, TextTower, adapter_identity, adapter_tensors, merge_text_adapter
-from hs_train.text_tune import DEFAULT_TARGETS, LoRALinear, add_lora, adapter_state
+from hs_model.towers import (
+    ADAPTER_PREFIX,
+    TextTower,
+    _packaged_text_path,
+    adapter_identity,
+    adapter_tensors,
+    merge_text_adapter,
+)
+from hs_train.text_tune import DEFAULT_TARGETS, LoRALinear, adapter_state, add_lora
 from tests.test_explain import TinyImageTower
 
 
@@ -157,7 +163,9 @@ def test_checkpoint_without_adapter_loads_as_before(tiny_classifier_factory, tmp
     assert [c.score for c in a.levels[6]] == pytest.approx([c.score for c in b.levels[6]])
 
 
-def test_checkpoint_with_adapter_reads_descriptions_with_the_tuned_tower(tiny_classifier_factory, tiny_text_dir, tmp_path):
+def test_checkpoint_with_adapter_reads_descriptions_with_the_tuned_tower(
+    tiny_classifier_factory, tiny_text_dir, tmp_path
+):
     zero = tiny_classifier_factory(None)
     adapter, tuned_out = trained_adapter(tiny_tower(tiny_text_dir))
     v3 = tiny_classifier_factory(write_model(tmp_path / "v3", zero, "v3", adapter))
@@ -188,3 +196,19 @@ def test_card_naming_the_base_tower_with_adapter_weights_is_refused(tiny_classif
     save_checkpoint(folder, trained_parts(zero.model) | adapter, card)
     with pytest.raises(CheckpointError, match="trained on"):
         tiny_classifier_factory(folder)
+
+
+def test_heldout_table_puts_each_model_codes_only_then_fused():
+    from hs_train.heldout_compare import to_markdown
+
+    m = {"hs2_top1": 0.5, "hs4_top1": 0.25, "hs6_top1": 0.125}
+    f = {"hs2_top1": 0.75, "hs4_top1": 0.5}  # Myntra-like: no 6-digit labels
+    results = {
+        "models": {"hsdesk-v2": {}, "hsdesk-v3": {}},
+        "conditions": {
+            "UK parcels, val": {n: {"rows": 232, "codes-only": m, "fused": f} for n in ("hsdesk-v2", "hsdesk-v3")}
+        },
+    }
+    table = to_markdown(results)
+    assert "hsdesk-v2: codes only" in table and "hsdesk-v3: codes only" in table
+    assert "| UK parcels, val | 232 | 50.0 / 25.0 / 12.5 → **75.0 / 50.0 / –** |" in table
