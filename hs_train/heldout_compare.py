@@ -6,7 +6,7 @@ to measure on them. Here every model gets the held-out experiment's index instea
 shipped vote settings (`chosen` in docs/results/precedents.json, not refitted). Conditions: UK parcels validation
 and test splits, May 2026 rulings (full description and one-line form), Myntra test titles (title only).
 
-    python -m hs_train.heldout_compare --model hsdesk-v2=assets/model --model hsdesk-v3=runs/v3 --out docs/results
+    python -m hs_train.heldout_compare --model hsdesk-v2=runs/v2 --model hsdesk-v3=runs/v3 --out docs/results
 """
 
 from __future__ import annotations
