@@ -91,6 +91,9 @@ def test_merged_adapter_gives_the_tuned_outputs_and_leaves_the_base_alone(tiny_t
     assert merged.name == adapter_identity(base.name, adapter) != base.name
     assert merged.name.startswith(base.name + "+lora-")
     assert not any(p.requires_grad for p in merged.parameters())
+    # the word-embedding table is shared (the adapter never touches it), the encoder's weights are not
+    assert merged.word_embeddings.weight is base.word_embeddings.weight
+    assert merged.word_embeddings is not base.word_embeddings  # separate modules: Captum's hooks stay separate
 
 
 def test_adapter_identity_depends_on_the_weights():
