@@ -34,7 +34,7 @@ from hs_model.images import load_image
 from hs_model.model import HeadConfig, HsJointModel, LabelSpace
 from hs_model.precedents import Precedent, PrecedentIndex, code_tables, fuse_log_probs, summary, valid_code_set
 from hs_model.questions import POOL, Guidance, guide
-from hs_model.towers import build_towers
+from hs_model.towers import TextTower, adapter_identity, adapter_tensors, build_towers, merge_text_adapter
 
 log = logging.getLogger(__name__)
 
@@ -159,41 +159,65 @@ class Classifier:
         self.edition = EDITION
         self.tower_config = towers or TowerConfig.from_env()
         self.text_tower, self.image_tower, self.device = build_towers(self.tower_config)
+        # The configured tower: it embeds the codes' texts (the bank) for every model version. A checkpoint with a
+        # text adapter (hsdesk-v3) reads descriptions with its own tuned copy (`text_tower`, set by `_load_head`).
+        self.base_text_tower = self.text_tower
+        self._tuned_towers: dict[str, TextTower] = {}  # shared by `with_model` copies: one merge per adapter
         # On CPU small photo batches are fastest (memory-bound convolutions); on a GPU large ones.
         self.image_batch_size = 64 if self.device.type == "cuda" else 4
         self.space = LabelSpace.from_codes([c.digits for c in self.nomenclature.subheadings])
-        self.official_bank = build_official_bank(self.text_tower, self.space, self.edition)
-        self.card, self.model = self._load_head(model_dir)
+        self.official_bank = build_official_bank(self.base_text_tower, self.space, self.edition)
+        self.card, self.model, self.text_tower = self._load_head(model_dir)
         self.precedents = self._load_precedents(model_dir)
         self.lock = threading.Lock()  # explanations hook shared modules; they take this lock
         self.load_seconds = time.perf_counter() - t0
         log.info("classifier %s ready in %.1f s", self.card.version, self.load_seconds)
 
-    def _load_head(self, model_dir: Path | None) -> tuple[ModelCard, HsJointModel]:
-        """The trained parts of a checkpoint (or the zero-shot parts) on top of the shared towers."""
+    def _load_head(self, model_dir: Path | None) -> tuple[ModelCard, HsJointModel, TextTower]:
+        """The trained parts of a checkpoint (or the zero-shot parts) on top of the shared towers, and the text
+        tower that reads its descriptions (the configured one, or a tuned copy when the checkpoint has an adapter)."""
         card, tensors = load_checkpoint(model_dir) if model_dir is not None else (zero_shot_card(self.tower_config), {})
-        if card.text_tower != self.text_tower.name or card.image_tower != self.image_tower.name:
+        base = self.base_text_tower
+        expected = adapter_identity(base.name, tensors)
+        if card.text_tower != expected or card.image_tower != self.image_tower.name:
             raise CheckpointError(
                 f"Model {card.version} was trained on {card.text_tower} + {card.image_tower}, "
-                f"not on the configured towers {self.text_tower.name} + {self.image_tower.name}."
+                f"not on the configured towers {expected} + {self.image_tower.name}."
             )
-        bank = self.official_bank
+        try:
+            text_tower = self._text_tower_for(tensors)
+        except ValueError as exc:
+            raise CheckpointError(f"The text adapter of model {card.version} does not fit {base.name}: {exc}") from None
+        bank = self.official_bank  # the codes' side is always the configured tower's (asymmetric tuning)
         prompt = bridge_prompt(card)
-        names = None if prompt == DEFAULT_BRIDGE_PROMPT else class_name_embeddings(self.text_tower, prompt)
+        names = None if prompt == DEFAULT_BRIDGE_PROMPT else class_name_embeddings(base, prompt)
         if "bank.emb" in tensors:
             code_pos = {c: i for i, c in enumerate(self.space.subheadings)}
             codes = torch.tensor([code_pos[f"{int(c):06d}"] for c in tensors["bank.code"].tolist()])
             bank = with_extra_prototypes(bank, tensors["bank.emb"], codes, names)
         elif names is not None:
             bank = with_extra_prototypes(bank, torch.zeros(0, names.shape[1]), torch.zeros(0, dtype=torch.long), names)
-        model = HsJointModel(self.space, bank, HeadConfig(self.text_tower.dim, self.image_tower.dim))
+        model = HsJointModel(self.space, bank, HeadConfig(base.dim, self.image_tower.dim))
         load_trained_parts(model, tensors)
-        return card, model.to(self.device).eval()
+        return card, model.to(self.device).eval(), text_tower
+
+    def _text_tower_for(self, tensors: dict[str, torch.Tensor]) -> TextTower:
+        """The configured tower, or (checkpoint with a text adapter) a copy with the adapter merged, made once."""
+        if not adapter_tensors(tensors):
+            return self.base_text_tower
+        name = adapter_identity(self.base_text_tower.name, tensors)
+        tower = self._tuned_towers.get(name)
+        if tower is None:
+            tower = merge_text_adapter(self.base_text_tower, tensors)
+            self._tuned_towers[name] = tower
+            log.info("text tower %s: adapter merged", name)
+        return tower
 
     def with_model(self, model_dir: Path | None) -> Classifier:
-        """Another model version over the same loaded towers (cheap: no tower is loaded again)."""
+        """Another model version over the same loaded towers (cheap: no tower is loaded again; a tuned text tower
+        is merged once and shared)."""
         other = copy.copy(self)
-        other.card, other.model = self._load_head(model_dir)
+        other.card, other.model, other.text_tower = self._load_head(model_dir)
         other.precedents = other._load_precedents(model_dir)
         return other
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import logging
 import math
 import os
@@ -190,6 +192,70 @@ class ImageTower(nn.Module):
         if not pooled:
             return ImageFeatures(torch.zeros(0, self.dim), torch.zeros(0, 1000))
         return ImageFeatures(torch.cat(pooled), torch.cat(probs))
+
+
+ADAPTER_PREFIX = (
+    "text_lora."  # checkpoint keys of a low-rank text-tower adapter: <prefix><module>.A / .B, <prefix>scale
+)
+
+
+def adapter_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The text-tower adapter's tensors in a checkpoint (empty: the checkpoint runs on the plain tower)."""
+    return {k: v for k, v in tensors.items() if k.startswith(ADAPTER_PREFIX)}
+
+
+def adapter_identity(base_name: str, tensors: dict[str, torch.Tensor]) -> str:
+    """The tuned tower's name: the base tower's plus a digest of the adapter, so that vectors (caches, precedent
+    indexes, model cards) made with one tuned tower are never mixed with the base tower's or another tuning's."""
+    adapters = adapter_tensors(tensors)
+    if not adapters:
+        return base_name
+    h = hashlib.sha256()
+    for key in sorted(adapters):
+        h.update(key.encode())
+        h.update(adapters[key].detach().float().cpu().contiguous().numpy().tobytes())
+    return f"{base_name}+lora-{h.hexdigest()[:12]}"
+
+
+def merge_text_adapter(tower: TextTower, tensors: dict[str, torch.Tensor]) -> TextTower:
+    """A copy of `tower` with a LoRA adapter merged into its linear layers (W <- W + scale * B @ A).
+
+    The merged tower costs exactly what the base tower costs at inference, and everything that reads the tower
+    (Captum over word embeddings, the bench) is unchanged. The base tower is left as it was (other model versions
+    share it). Without adapter tensors the base tower itself is returned.
+
+    Raises:
+        ValueError: The adapter names a layer the tower does not have, or its shapes do not fit.
+    """
+    adapters = adapter_tensors(tensors)
+    if not adapters:
+        return tower
+    scale = float(adapters.get(ADAPTER_PREFIX + "scale", torch.tensor(1.0)))
+    tuned = TextTower.__new__(TextTower)
+    nn.Module.__init__(tuned)
+    tuned.name, tuned.max_length, tuned.dim = adapter_identity(tower.name, tensors), tower.max_length, tower.dim
+    tuned.tokenizer = tower.tokenizer  # read-only, shared
+    # The adapter changes linear layers only: the embedding tables (half of MiniLM's 90 MB) are shared, not copied.
+    shared = {id(p): p for p in tower.model.get_input_embeddings().parameters()}
+    tuned.model = copy.deepcopy(tower.model, memo=shared)
+    modules = dict(tuned.model.named_modules())
+    with torch.no_grad():
+        for key, a in adapters.items():
+            if not key.endswith(".A"):
+                continue
+            name = key[len(ADAPTER_PREFIX) : -len(".A")]
+            layer, b = modules.get(name), adapters.get(f"{ADAPTER_PREFIX}{name}.B")
+            if not isinstance(layer, nn.Linear) or b is None:
+                raise ValueError(f"text adapter names {name!r}, which is not a linear layer of {tower.name}")
+            delta = scale * (b.float() @ a.float())
+            if delta.shape != layer.weight.shape:
+                raise ValueError(
+                    f"text adapter for {name!r} has shape {tuple(delta.shape)}, not {tuple(layer.weight.shape)}"
+                )
+            layer.weight += delta.to(layer.weight.device, layer.weight.dtype)
+    for p in tuned.parameters():
+        p.requires_grad_(False)
+    return tuned.eval()
 
 
 def build_towers(config: TowerConfig) -> tuple[TextTower, ImageTower, torch.device]:

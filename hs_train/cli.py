@@ -1,4 +1,4 @@
-"""Command line, training half: ``evaluate``, ``convert-eval``, ``train``, ``report`` and ``bench``."""
+"""Command line, training half: ``evaluate``, ``convert-eval``, ``train``, ``tune-text``, ``report`` and ``bench``."""
 
 from __future__ import annotations
 
@@ -51,8 +51,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = dataclasses.replace(
         TrainConfig(), epochs=args.epochs, use_contrastive=not args.no_contrastive, use_images=not args.no_images
     )
-    card = train_default(data_dir, Path(args.out), cfg, version=args.version)
+    adapter = Path(args.text_adapter) if args.text_adapter else None
+    if adapter is not None and not adapter.is_file():
+        raise UserError(f"No text adapter at {adapter} (make one with `python -m hs_model tune-text`).")
+    card = train_default(data_dir, Path(args.out), cfg, version=args.version, text_adapter=adapter, parent=args.parent)
     print(json.dumps({"version": card.version, "out": args.out, "metrics": card.metrics}, indent=2))
+    return 0
+
+
+def cmd_tune_text(args: argparse.Namespace) -> int:
+    from hs_train.text_tune import TuneConfig, tune
+
+    data_dir = Path(args.data_dir)
+    if not (data_dir / "train" / "uk_parcel_descriptions.csv").is_file():
+        raise UserError(f"{data_dir} does not look like the shared data folder (no train/uk_parcel_descriptions.csv).")
+    if args.steps < 1 or args.rank < 1 or args.batch_size < 2:
+        raise UserError("--steps and --rank must be at least 1, --batch-size at least 2.")
+    cfg = TuneConfig(
+        steps=args.steps, rank=args.rank, alpha=2.0 * args.rank, lr=args.lr, batch_size=args.batch_size,
+        eval_every=args.eval_every, max_minutes=args.max_minutes,
+    )  # fmt: skip
+    report = tune(data_dir, Path(args.out), cfg)
+    print(json.dumps({k: report[k] for k in ("tuned_tower", "pools", "train_seconds", "heldout")}, indent=2))
     return 0
 
 
@@ -140,7 +160,21 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--no-contrastive", action="store_true", help="ablation: no InfoNCE term")
     p.add_argument("--no-images", action="store_true", help="ablation: text views only")
     p.add_argument("--version", default=None)
+    p.add_argument("--parent", default=None, help="the version this one succeeds (recorded in the card)")
+    p.add_argument("--text-adapter", default=None, metavar="FILE",
+                   help="start from a tuned text tower: adapter.safetensors from `tune-text`")  # fmt: skip
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune-text", help="fine-tune the text tower (LoRA) on ../shared/data's training splits")
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))
+    p.add_argument("--out", required=True, help="folder for adapter.safetensors + tune.json")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--eval-every", type=int, default=0, help="held-out measurement every N steps (0: at the end only)")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget (the schedule decays over it)")
+    p.set_defaults(func=cmd_tune_text)
 
     p = sub.add_parser("report", help="evaluation report over Myntra test, HSCodeComp and ATLAS, with ablations")
     p.add_argument("--model", default=None, help=MODEL_HELP)

@@ -31,6 +31,7 @@ from hs_model.config import cache_dir
 from hs_model.errors import InputError
 from hs_model.model import HsJointModel, LabelSpace
 from hs_model.predict import Classifier, Features, Query, trained_parts
+from hs_model.towers import adapter_tensors
 from hs_train.datasets import split_of
 from hs_train.train import FeatureSet, TrainConfig, calibrate, fit, level_top1
 
@@ -535,6 +536,7 @@ def finetune_and_gate(
     t_gate = time.perf_counter()
     tensors = trained_parts(model)
     tensors.update({k: base.tensors[k] for k in BANK_KEYS if k in base.tensors})  # the base's label bank, as is
+    tensors.update(adapter_tensors(base.tensors))  # and its tuned text tower (hsdesk-v3), so the card's tower loads
     seconds = {"train": t_train - t0, "gate": t_gate - t_train}
     card = ModelCard(
         version=version,

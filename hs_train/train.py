@@ -21,12 +21,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from hs_model.bank import DEFAULT_BRIDGE_PROMPT, build_official_bank, with_extra_prototypes
 from hs_model.checkpoint import ModelCard, save_checkpoint
 from hs_model.model import HeadConfig, HsJointModel, LabelSpace
 from hs_model.predict import Features, trained_parts
-from hs_model.towers import ImageTower, TextTower
+from hs_model.towers import ImageTower, TextTower, adapter_tensors, merge_text_adapter
 from hs_train.calibration import choose_threshold, dataset_weights
 from hs_train.datasets import Split, split_of
 from hs_train.features import cached_text_embeddings, myntra_image_features
@@ -304,16 +305,20 @@ def prototype_text(text: str) -> str | None:
 class Trainer:
     """Builds the feature pools once, then trains, calibrates and saves."""
 
-    def __init__(self, data_dir: Path, cfg: TrainConfig = TrainConfig()) -> None:
+    def __init__(self, data_dir: Path, cfg: TrainConfig = TrainConfig(), text_adapter: Path | None = None) -> None:
         from hs_core.nomenclature import EDITION, get_nomenclature
 
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.cfg, self.data_dir, self.edition = cfg, data_dir, EDITION
-        self.text_tower, self.image_tower = TextTower(), ImageTower()
+        # The bank (the codes' texts) is always embedded by the base tower; descriptions are read by the tuned tower
+        # when a text adapter is given (`hs_train.text_tune`: asymmetric tuning), else by the same base tower.
+        self.bank_tower, self.image_tower = TextTower(), ImageTower()
+        self.adapter: dict[str, torch.Tensor] = adapter_tensors(load_file(str(text_adapter))) if text_adapter else {}
+        self.text_tower = merge_text_adapter(self.bank_tower, self.adapter)
         self.space = LabelSpace.from_codes([c.digits for c in get_nomenclature().subheadings])
         self.pos = {lv: {c: i for i, c in enumerate(self.space.codes(lv))} for lv in (2, 4, 6)}
-        self.official = build_official_bank(self.text_tower, self.space, EDITION)
+        self.official = build_official_bank(self.bank_tower, self.space, EDITION)
         self.extra_emb, self.extra_code, self.extra_texts = self._extra_bank()
         self.bank = with_extra_prototypes(self.official, self.extra_emb, self.extra_code)
 
@@ -330,7 +335,7 @@ class Trainer:
             for t in list(dict.fromkeys(kept))[: self.cfg.bank_texts_per_code]:
                 texts.append(t)
                 codes.append(self.pos[6][code])
-        emb = cached_text_embeddings(self.text_tower, texts, "bank")
+        emb = cached_text_embeddings(self.bank_tower, texts, "bank")
         return emb, torch.tensor(codes, dtype=torch.long), texts
 
     # -- feature pools -------------------------------------------------------------------------------------------
@@ -403,7 +408,7 @@ class Trainer:
         return HsJointModel(self.space, self.bank, HeadConfig(self.text_tower.dim, self.image_tower.dim))
 
     def save(self, model: HsJointModel, out: Path, card_extra: dict) -> ModelCard:
-        tensors = trained_parts(model)
+        tensors = trained_parts(model) | self.adapter
         tensors["bank.emb"] = self.extra_emb.half()
         tensors["bank.code"] = torch.tensor(
             [int(self.space.subheadings[i]) for i in self.extra_code.tolist()], dtype=torch.int32
@@ -415,10 +420,16 @@ class Trainer:
             image_tower=self.image_tower.name,
             created=datetime.now(UTC).isoformat(timespec="seconds"),
             kind="trained",
+            parent=card_extra.pop("parent", None),
             review_threshold=float(model.review_threshold),
             training={
                 "config": asdict(self.cfg),
                 "bridge_prompt": DEFAULT_BRIDGE_PROMPT,
+                "text_adapter": (
+                    {"base_tower": self.bank_tower.name, "parameters": sum(v.numel() for v in self.adapter.values())}
+                    if self.adapter
+                    else None
+                ),
                 **card_extra.pop("training", {}),
             },
             metrics=card_extra.pop("metrics", {}),
@@ -450,10 +461,18 @@ def data_fingerprint(data_dir: Path, train: FeatureSet, val: FeatureSet) -> dict
     return {"files": {rel: file_hash(rel) for rel in DATA_FILES}, "train": split_hash(train), "val": split_hash(val)}
 
 
-def train_default(data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(), version: str | None = None) -> ModelCard:
-    """The full recipe behind the shipped model: build pools, fit, calibrate, save."""
+def train_default(
+    data_dir: Path,
+    out: Path,
+    cfg: TrainConfig = TrainConfig(),
+    version: str | None = None,
+    text_adapter: Path | None = None,
+    parent: str | None = None,
+) -> ModelCard:
+    """The full recipe behind the shipped model: build pools, fit, calibrate, save (on a tuned text tower when
+    `text_adapter` names an adapter file from `hs_train.text_tune`)."""
     t0 = time.perf_counter()
-    tr = Trainer(data_dir, cfg)
+    tr = Trainer(data_dir, cfg, text_adapter)
     m_train, m_val = tr.myntra_views("train"), tr.myntra_views("val")
     views = ["full", "text", "image", "brand"] if cfg.use_images else ["text"]
     train = FeatureSet.concat([m_train[v] for v in views] + [tr.uk_parcels("train")])
@@ -468,6 +487,7 @@ def train_default(data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(), v
         out,
         {
             "version": version or f"hsdesk-{datetime.now(UTC):%Y%m%d-%H%M}",
+            "parent": parent,
             "training": {
                 "rows": {"train_views": len(train), "val_views": len(val), "bank_extra_texts": len(tr.extra_texts)},
                 "history": history,
