@@ -97,10 +97,18 @@ def explain_candidate(
             ExplainConfig() if redo_missed_completeness else ExplainConfig(max_image_steps=ExplainConfig().image_steps)
         )
         explainer = Explainer(classifier, config)  # cheap: private identity taps; the classifier's lock serialises
-        main = explainer.explain(query, code, level, method=method, require_candidate=True)
+        # The candidates the broker sees are the served ranking (the head, the precedents' vote, the evidence and
+        # tempered splits); the explainer's own ranking is the head's alone, so a code on screen may be missing
+        # from it. Check the code against what is served, then explain it as it is.
+        ranked = [c.code for c in classifier.predict(text, images, top_k=5).levels[level]]
+        if code not in ranked:
+            raise InvalidInput(
+                f"{code} is not among the {len(ranked)} candidates at {level} digits ({', '.join(ranked)}); "
+                "pick one of them."
+            )
+        main = explainer.explain(query, code, level, method=method, require_candidate=False)
         contrast = None
         if with_contrast:
-            ranked = [c.code for c in classifier.predict(text, images, top_k=5).levels[level]]
             runner_up = next((c for c in ranked if c != main.code), None)
             if runner_up is not None:
                 contrast = explainer.explain(query, main.code, level, method=method, versus=runner_up)

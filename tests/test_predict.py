@@ -86,3 +86,20 @@ def test_evaluation_ranks_exactly_what_predict_serves(classifier):
         for level in (2, 4, 6):
             assert row.ranked[level] == [c.code for c in served.levels[level]]
         assert row.top_prob[6] == pytest.approx(served.levels[6][0].score, abs=1e-5)
+
+
+def test_every_candidate_on_screen_can_be_explained(classifier):
+    """The screen lists the served ranking (vote, evidence, tempered splits); the explainer ranks by the head
+    alone. A listed candidate missing from the head's top 5 was refused ("not among the top 5") until the
+    service checked the code against the served candidates."""
+    from services.auth import Actor
+    from services.explanations import explain_candidate
+
+    broker = Actor(user_id=1, username="bea", role="broker")
+    text = "men's knitted cotton T-shirt, crew neck, short sleeves"
+    served = [c.code for c in classifier.predict(text, top_k=5).levels[6]]
+    for code in served:
+        view = explain_candidate(
+            classifier, broker, text=text, photos=[], code=code, with_contrast=False, redo_missed_completeness=False
+        )
+        assert view.code == code and view.main.words_html
