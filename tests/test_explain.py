@@ -66,23 +66,28 @@ class TinyImageTower(ImageTower):
         self.dim = self.model.num_features
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
+def tiny_bert_folder(folder: Path, layers: int = 1) -> Path:
+    """A randomly initialised BERT of `layers` 16-wide layers with MiniLM's tokenizer, saved in `folder`."""
     from transformers import BertConfig, BertModel
 
-    folder = tmp_path_factory.mktemp("tiny-text")
     tok = _packaged_tokenizer()
     torch.manual_seed(0)
     cfg = BertConfig(
         vocab_size=tok.vocab_size,
         hidden_size=16,
-        num_hidden_layers=1,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=32,
         max_position_embeddings=64,
     )
     BertModel(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
+    folder = tiny_bert_folder(tmp_path_factory.mktemp("tiny-text"))
     text, image = TextTower(str(folder), max_length=32), TinyImageTower()
     for p in (*text.parameters(), *image.parameters()):
         p.requires_grad_(False)

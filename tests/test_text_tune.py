@@ -15,33 +15,17 @@ from hs_model.predict import Classifier, Query, trained_parts
 from hs_model.towers import (
     ADAPTER_PREFIX,
     TextTower,
-    _packaged_text_path,
     adapter_identity,
     adapter_tensors,
     merge_text_adapter,
 )
 from hs_train.text_tune import DEFAULT_TARGETS, LoRALinear, adapter_state, add_lora
-from tests.test_explain import TinyImageTower
+from tests.test_explain import TinyImageTower, tiny_bert_folder
 
 
 @pytest.fixture(scope="module")
 def tiny_text_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-text")
-    tok = AutoTokenizer.from_pretrained(_packaged_text_path())
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-    )
-    BertModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return tiny_bert_folder(tmp_path_factory.mktemp("tiny-text"), layers=2)
 
 
 def tiny_tower(folder: Path) -> TextTower:
