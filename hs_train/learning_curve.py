@@ -163,6 +163,7 @@ def run_learning_curve(
 ) -> dict[str, Any]:
     """Simulate reviewed decisions, fine-tune after each N, and report test accuracy, seconds and the gate's verdicts."""
     ft = ft or FinetuneConfig()
+    classifier = classifier.with_model(model_dir)  # the model's own towers (a tuned text tower since hsdesk-v3)
     base = load_base(classifier, model_dir)
     benchmark = load_benchmark(classifier, data_dir)
     bench_texts: set[str] = set()  # never let an evaluation text into the simulated decisions

@@ -199,11 +199,14 @@ def run(
             if active_rec.id == base_rec.id
             else load_base(classifier, model_registry.verify(active_rec), active_rec.sha256)
         )
-        reviewed, skipped = encode_items(classifier, items)
+        # The decisions are read by the base version's own towers (a tuned text tower since hsdesk-v3), whatever
+        # the caller serves: a head trained on one tower's vectors and fed another's is wrong everywhere.
+        encoder = classifier.with_model(base_folder)
+        reviewed, skipped = encode_items(encoder, items)
         if not len(reviewed):
             raise FinetuneError("None of the reviewed items could be read (no usable description or photo).")
         t_enc = time.perf_counter()
-        bench = load_benchmark(classifier, data_dir) if benchmark == "load" else benchmark
+        bench = load_benchmark(encoder, data_dir) if benchmark == "load" else benchmark
         t_bench = time.perf_counter()
         version = model_store.new_version_id()
         outcome = finetune_and_gate(
