@@ -38,12 +38,19 @@ def register_folder(
 ) -> VersionRecord:
     """Record a version folder (its card, metrics and hash) as a ``candidate``, audited."""
     card = read_card(folder)
+    parent = card.parent
+    if parent is not None:
+        try:
+            get_version(session, parent)
+        except LookupError:  # a release trained from one this database never held (hsdesk-v3 from hsdesk-v2)
+            log.info("model %s: parent %s is not registered here; the card keeps the lineage", card.version, parent)
+            parent = None
     row = register_model_version(
         session,
         version_id=card.version,
         path=str(folder.resolve()),
         sha256=model_store.folder_digest(folder),
-        parent_id=card.parent,
+        parent_id=parent,
         card=json.loads(card.to_json()),
         metrics=dict(metrics if metrics is not None else card.metrics),
         created_by=created_by,

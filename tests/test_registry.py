@@ -194,3 +194,17 @@ def test_a_finetuned_version_carries_its_base_index_unless_the_index_belongs_to_
     joint.mkdir()
     _ship_index(joint, space="joint")
     assert model_store.precedent_files(joint) and not model_store.precedent_files(joint, head_independent=True)
+
+
+def test_a_shipped_release_whose_parent_this_database_never_held_registers(factory, model_env):
+    """hsdesk-v3 names hsdesk-v2 as its parent; a fresh database holds no hsdesk-v2, and the first start failed on
+    the foreign key. The record's parent stays empty; the card keeps the lineage."""
+    from hs_model.checkpoint import save_checkpoint
+
+    shipped = model_env.shipped
+    card = tiny_card("tiny-v3")
+    card.parent = "tiny-v2-not-here"
+    save_checkpoint(shipped, tensors(5), card)
+    with factory.begin() as session:
+        rec = model_registry.ensure_default_registered(session)
+    assert rec.id == "tiny-v3" and rec.parent_id is None and rec.card["parent"] == "tiny-v2-not-here"
