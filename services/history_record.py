@@ -94,7 +94,7 @@ def refresh(session: Session, index: HistoryIndex, embedder: Embedder, batch: in
             index.retire_import(import_id)
             index.cursors["retraction"] = rid
         while rows := qh.live_rows_after(session, index.cursors.get("row", 0), batch):
-            vecs = _row_vectors(rows, embedder)
+            vecs = row_vectors(rows, embedder)
             index.add(
                 [
                     Source(
@@ -142,7 +142,7 @@ def _key(value: str | None) -> str:
     return " ".join((value or "").casefold().split())
 
 
-def _row_vectors(rows: Sequence[qh.RecordRow], embedder: Embedder) -> np.ndarray:
+def row_vectors(rows: Sequence[qh.RecordRow], embedder: Embedder) -> np.ndarray:
     """Stored vectors where the import was embedded with this tower; the others are embedded now."""
     out = np.zeros((len(rows), embedder.dim), dtype=np.float32)
     todo = []

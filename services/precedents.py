@@ -145,14 +145,14 @@ def _sync_imported(session: Session, classifier: Classifier, batch: int) -> tupl
     same text tower made them); the rows of a retracted import stop voting. Called with the index locked."""
     from db.history import live_rows_after, retractions_after
     from hs_model.precedents import valid_code_set
-    from services.history_record import TowerEmbedder, _row_vectors
+    from services.history_record import TowerEmbedder, row_vectors
 
     index = classifier.precedents
     assert index is not None
     embedder = TowerEmbedder(classifier)
     added = retired = 0
     while rows := live_rows_after(session, index.history_cursor, batch):
-        emb = torch_from(_row_vectors(rows, embedder))
+        emb = torch_from(row_vectors(rows, embedder))
         if index.config.space == "joint":
             emb = classifier.model.embed_text(emb.to(next(classifier.model.parameters()).device)).detach().cpu()
         report = index.add(

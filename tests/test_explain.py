@@ -66,6 +66,19 @@ class TinyImageTower(ImageTower):
         self.dim = self.model.num_features
 
 
+def random_bank(tower, space, edition) -> LabelBank:
+    """A seeded random label bank for `tower` (stands in for `build_official_bank`: no label texts embedded)."""
+    g = torch.Generator().manual_seed(1)
+    e = tower.dim
+    return LabelBank(
+        text_emb=nn.functional.normalize(torch.randn(len(space.subheadings), e, generator=g), dim=-1),
+        text_code=torch.arange(len(space.subheadings)),
+        heading_emb=torch.randn(len(space.headings), e, generator=g),
+        chapter_emb=torch.randn(len(space.chapters), e, generator=g),
+        class_name_emb=torch.randn(1000, e, generator=g),
+    )
+
+
 def tiny_bert_folder(folder: Path, layers: int = 1) -> Path:
     """A randomly initialised BERT of `layers` 16-wide layers with MiniLM's tokenizer, saved in `folder`."""
     from transformers import BertConfig, BertModel
@@ -92,20 +105,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
     for p in (*text.parameters(), *image.parameters()):
         p.requires_grad_(False)
 
-    def bank(tower, space, edition) -> LabelBank:
-        g = torch.Generator().manual_seed(1)
-        e = tower.dim
-        return LabelBank(
-            text_emb=nn.functional.normalize(torch.randn(len(space.subheadings), e, generator=g), dim=-1),
-            text_code=torch.arange(len(space.subheadings)),
-            heading_emb=torch.randn(len(space.headings), e, generator=g),
-            chapter_emb=torch.randn(len(space.chapters), e, generator=g),
-            class_name_emb=torch.randn(1000, e, generator=g),
-        )
-
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("hs_model.predict.build_towers", lambda config: (text, image, torch.device("cpu")))
-        mp.setattr("hs_model.predict.build_official_bank", bank)
+        mp.setattr("hs_model.predict.build_official_bank", random_bank)
         return Classifier(None, TowerConfig(text_model=str(folder), image_model=image.name, device="cpu"))
 
 

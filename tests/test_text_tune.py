@@ -6,11 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from hs_model.checkpoint import CheckpointError, ModelCard, save_checkpoint
 from hs_model.config import TowerConfig
-from hs_model.model import LabelBank
 from hs_model.predict import Classifier, Query, trained_parts
 from hs_model.towers import (
     ADAPTER_PREFIX,
@@ -20,7 +18,7 @@ from hs_model.towers import (
     merge_text_adapter,
 )
 from hs_train.text_tune import DEFAULT_TARGETS, LoRALinear, adapter_state, add_lora
-from tests.test_explain import TinyImageTower, tiny_bert_folder
+from tests.test_explain import TinyImageTower, random_bank, tiny_bert_folder
 
 
 @pytest.fixture(scope="module")
@@ -108,19 +106,8 @@ def test_an_adapter_for_another_tower_is_refused(tiny_text_dir):
 def tiny_classifier_factory(tiny_text_dir, monkeypatch):
     text, image = tiny_tower(tiny_text_dir), TinyImageTower()
 
-    def bank(tower, space, edition) -> LabelBank:
-        g = torch.Generator().manual_seed(1)
-        e = tower.dim
-        return LabelBank(
-            text_emb=nn.functional.normalize(torch.randn(len(space.subheadings), e, generator=g), dim=-1),
-            text_code=torch.arange(len(space.subheadings)),
-            heading_emb=torch.randn(len(space.headings), e, generator=g),
-            chapter_emb=torch.randn(len(space.chapters), e, generator=g),
-            class_name_emb=torch.randn(1000, e, generator=g),
-        )
-
     monkeypatch.setattr("hs_model.predict.build_towers", lambda config: (text, image, torch.device("cpu")))
-    monkeypatch.setattr("hs_model.predict.build_official_bank", bank)
+    monkeypatch.setattr("hs_model.predict.build_official_bank", random_bank)
     config = TowerConfig(text_model=str(tiny_text_dir), image_model=image.name, device="cpu")
     return lambda folder: Classifier(folder, config)
 
