@@ -10,6 +10,7 @@ import logging
 import re
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 import streamlit as st
@@ -49,8 +50,7 @@ ROLE_PAGES = {
 FIRST_ADMIN_COMMAND = "python -m db users create --username admin --role admin"
 COOKIE_PENDING = "auth_cookie_pending"  # the token to store in the browser (None: to forget) on this run
 SIGNED_OUT_KEY = "auth_signed_out"
-WANTED_KEY = "auth_wanted_page"  # (page name, query) a signed-out deep link asked for
-DEEP_LINK_PARAMS = ("item",)
+WANTED_KEY = "auth_wanted_page"  # the page a signed-out deep link asked for
 _TOKEN_CHARS = re.compile(r"(?:[A-Za-z0-9_-]{20,128})?")  # secrets.token_urlsafe output, or "" to forget it
 # Bundled, so the browser fetches nothing from another host (a :material/...: page icon is loaded from a font CDN).
 PAGE_ICON = Path(__file__).resolve().parent / "assets" / "page_icon.png"
@@ -80,28 +80,51 @@ def sign_in_screen() -> None:
             st.error(str(exc))
             return
         token = common.in_transaction(lambda session: start_session(session, actor))
-        st.session_state[common.ACTOR_KEY] = actor
-        st.session_state[common.SIGNED_IN_AT_KEY] = utcnow()
-        st.session_state[common.TOKEN_KEY] = token
-        st.session_state[COOKIE_PENDING] = token
-        st.rerun()
+        # The browser stores the token first and then reloads the page, whose new session signs in from it; this
+        # session stays signed out. Signing this session in at once left a window in which a reconnect or an F5
+        # (before the cookie script had run) found no cookie and showed the sign-in form again, with no notice.
+        # A deep link opens after sign-in when the role has its page; any other address opens the role's first page.
+        st.info("Signed in. Opening HS desk…", icon=":material/login:")
+        wanted = st.session_state.get(WANTED_KEY)
+        deep_link = wanted in ROLE_PAGES.get(actor.role, ())
+        set_cookie(token, then="reload" if deep_link else "home")
+        st.caption(
+            "HS desk keeps you signed in with a cookie of this site. If the page does not open, allow cookies for "
+            "this site and sign in again."
+        )
 
 
-def set_cookie(token: str | None) -> None:
+def set_cookie(token: str | None, then: Literal["stay", "reload", "home"] = "stay") -> None:
     """Store the session token in this browser (``None``: forget it), from a zero-height same-origin frame.
 
     Path ``/``, ``SameSite=Strict`` (never sent by another site's links or forms), ``Secure`` when the app is
     served over HTTPS, and it lives no longer than the server-side session. A script sets it, so it is not
-    HttpOnly: see SECURITY.md.
+    HttpOnly: see SECURITY.md. ``then``: once the browser holds the cookie, reload the page (``reload``: a new
+    session that signs in from it, on the address asked for) or open the app's first page (``home``: the address
+    asked for is not one of the role's pages); ``stay``: nothing more.
     """
     value = token or ""
     if not _TOKEN_CHARS.fullmatch(value):  # the script below embeds it: URL-safe base64 only, never markup
         raise ValueError("not a session token")
     age = int(SESSION_TTL.total_seconds()) if token else 0
+    # The frame is sandboxed without top navigation, so the navigation is a script of the page itself.
+    navigate = {
+        "stay": "",
+        "reload": "location.reload()",
+        "home": "location.replace(location.pathname.replace(/[^/]*$/,''))",
+    }[then]
+    after = (
+        "if(w.document.cookie.indexOf(c)>=0){var s=w.document.createElement('script');"
+        f's.textContent="{navigate}";w.document.head.appendChild(s);}}'
+        if navigate
+        else ""
+    )
     components.html(
         "<script>(function(){var w=window.parent;"
         "var secure=w.location.protocol==='https:'?'; Secure':'';"
-        f"w.document.cookie='{COOKIE_NAME}={value}; Path=/; Max-Age={age}; SameSite=Strict'+secure;"
+        f"var c='{COOKIE_NAME}={value}';"
+        f"w.document.cookie=c+'; Path=/; Max-Age={age}; SameSite=Strict'+secure;"
+        f"{after}"
         "})();</script>",
         height=0,
     )
@@ -112,19 +135,15 @@ def cookie_slot() -> None:
     components.html("", height=0)
 
 
-def wanted_page() -> tuple[str, dict[str, str]] | None:
-    """The page (url path) and query a signed-out browser asked for, so it opens after sign-in if allowed."""
+def wanted_page() -> str | None:
+    """The app page (name) a signed-out browser's address asks for, so it opens after sign-in if the role has it
+    (the reload after sign-in keeps the address, query included: ``/review?item=12``)."""
     try:
         parts = urlsplit(st.context.url or "")
     except Exception:  # noqa: BLE001 - no URL (tests) means no deep link
         return None
     path = parts.path.rstrip("/").rsplit("/", 1)[-1]
-    names = {url: name for name, (_, _, _, url) in PAGE_SPECS.items()}
-    if path not in names:
-        return None
-    # st.context.url has the path asked for; the query string is in st.query_params
-    query = {k: v for k in DEEP_LINK_PARAMS if (v := st.query_params.get(k)) is not None and v.isdigit()}
-    return names[path], query
+    return {url: name for name, (_, _, _, url) in PAGE_SPECS.items()}.get(path)
 
 
 def resume_from_cookie() -> None:
@@ -227,15 +246,8 @@ def main() -> None:
         pages = signed_out_pages() if not st.session_state.get(SIGNED_OUT_KEY) else signed_out_pages()[:1]
         st.navigation(pages, position="hidden").run()
         return
-    wanted = st.session_state.pop(WANTED_KEY, None)
     sidebar(actor)
-    pages = [PAGES[name] for name in ROLE_PAGES.get(actor.role, ())]
-    current = st.navigation(pages)  # registered first: switch_page may only name a page of this navigation
-    if wanted is not None and wanted[0] in ROLE_PAGES.get(actor.role, ()):
-        page, query = PAGES[wanted[0]], wanted[1]
-        if current is not page or any(st.query_params.get(k) != v for k, v in query.items()):
-            st.switch_page(page, query_params=query or None)  # the deep link, now that the role allows
-    current.run()
+    st.navigation([PAGES[name] for name in ROLE_PAGES.get(actor.role, ())]).run()
 
 
 main()

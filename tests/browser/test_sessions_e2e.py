@@ -67,3 +67,39 @@ def test_refresh_keeps_the_session_and_the_item_and_sign_out_ends_it(app_db, ser
     with app_db.factory() as session:
         ended = [s.end_reason for s in session.query(AuthSession).order_by(AuthSession.created_at)]
     assert ended == ["sign_out", None]
+
+
+REFUSE_COOKIES = (
+    "Object.defineProperty(Document.prototype, 'cookie', {get() { return ''; }, set(v) {}, configurable: true});"
+)
+
+
+@needs_chromium
+def test_sign_in_completes_only_once_the_browser_holds_the_session_cookie(app_db, server):
+    """The signed-in app appears only in a session that signed in from the cookie, so a reconnect or an F5 right after
+    sign-in cannot find the user signed in without one (it used to show the sign-in form again, with no notice)."""
+    from playwright.sync_api import expect
+
+    from tests.browser.helpers import PASSWORD
+
+    app_db.add_user("bea", "broker", PASSWORD)
+    with chromium() as browser:
+        refusing = browser.new_context(viewport={"width": 1440, "height": 900})
+        refusing.add_init_script(REFUSE_COOKIES)  # a browser that keeps no cookie for this site
+        page = refusing.new_page()
+        page.goto(server, timeout=60_000)
+        page.get_by_label("Username").fill("bea")
+        page.get_by_role("textbox", name="Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_text("allow cookies for this site")).to_be_visible(timeout=MODEL_TIMEOUT_MS)
+        assert page.get_by_text("Signed in as bea").count() == 0
+        page.reload()
+        expect(page.get_by_role("button", name="Sign in")).to_be_visible(timeout=60_000)
+
+        page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
+        page.goto(server, timeout=60_000)
+        sign_in(page, "bea")
+        assert any(c["name"] == "hs_session" for c in page.context.cookies())
+        page.reload()  # at once: still signed in
+        expect(page.get_by_text("Signed in as bea")).to_be_visible(timeout=60_000)
+        expect(page.get_by_role("heading", name="Classify a product")).to_be_visible(timeout=MODEL_TIMEOUT_MS)
