@@ -6,7 +6,7 @@ Honesty rules: the questions and their options come from the candidates alone, b
 code's official text says (`broker_choice`), else "none of these"; nothing about the gold code enters a question.
 
     python -m hs_train.guided_eval --data-dir ../shared/data --out docs/guided_eval.json
-    python -m hs_train.guided_eval --data-dir ../shared/data --tune --sets "" --out runs/guided_tune.json
+    python -m hs_train.guided_eval --data-dir ../shared/data --tune --sets "" --out docs/guided_tune.json
 
 `--tune` chooses the knobs on the tuning sets only: the UK parcels' validation split and the CBP rulings of May 2026
 (one-line form), with the precedent index stripped of those rows (the shipped index holds them: a row would vote
