@@ -162,8 +162,14 @@ CRITERIA: tuple[Criterion, ...] = (
 # "Which of these is it?" over the candidates' own headings: its options are the headings that hold the most
 # probability (4-digit codes, labelled with their official texts), so it has no fixed option list.
 HEADING = Criterion("heading", "Which of these describes the goods?", ())
-CRITERION = {c.key: c for c in (*CRITERIA, HEADING)}
-HEADING_OPTIONS = 4  # at most this many headings offered
+# Asked after "none of these" to the heading question (drawn up with it, before any answer): the next headings of
+# the model's ranking.
+MORE_HEADINGS = Criterion("heading_more", "None of those; which of these then?", ())
+HEADING_KEYS = frozenset({HEADING.key, MORE_HEADINGS.key})
+# Asked after a heading is chosen when no criterion of the texts splits its candidates: its subheadings themselves.
+SUBHEADING = Criterion("subheading", "Which of these subheadings is it?", ())
+CRITERION = {c.key: c for c in (*CRITERIA, HEADING, MORE_HEADINGS, SUBHEADING)}
+HEADING_OPTIONS = 5  # at most this many headings offered by one question
 
 
 # ------------------------------------------------------------------------------------------------- codes
@@ -178,8 +184,10 @@ def said(criterion: Criterion, code: str) -> frozenset[str]:
 
 @functools.lru_cache(maxsize=65536)
 def _said(key: str, code: str) -> frozenset[str]:
-    if key == HEADING.key:
+    if key in HEADING_KEYS:
         return frozenset({code[:4]}) if len(code) >= 4 else frozenset()
+    if key == SUBHEADING.key:
+        return frozenset({code}) if len(code) == 6 else frozenset()
     criterion = CRITERION[key]
     if not criterion.applies(code):
         return frozenset()
@@ -206,9 +214,13 @@ def check_answer(key: str, value: str) -> None:
     """
     if key not in CRITERION:
         raise ValueError(f"unknown question {key!r}; questions are: {', '.join(CRITERION)}")
-    if key == HEADING.key:
+    if key in HEADING_KEYS:
         if not (value in (NONE, UNKNOWN) or (len(value) == 4 and value.isdigit())):
             raise ValueError(f"{key}={value!r} is not an option; give a 4-digit heading, {NONE} or {UNKNOWN}")
+        return
+    if key == SUBHEADING.key:
+        if not (value in (NONE, UNKNOWN) or (len(value) == 6 and value.isdigit())):
+            raise ValueError(f"{key}={value!r} is not an option; give a 6-digit subheading, {NONE} or {UNKNOWN}")
         return
     valid = [o.key for o in CRITERION[key].options] + [NONE, UNKNOWN]
     if value not in valid:

@@ -33,7 +33,7 @@ from hs_model.errors import InputError
 from hs_model.images import load_image
 from hs_model.model import HeadConfig, HsJointModel, LabelSpace
 from hs_model.precedents import Precedent, PrecedentIndex, code_tables, fuse_log_probs, summary, valid_code_set
-from hs_model.questions import POOL, Guidance, guide
+from hs_model.questions import HEADINGS_COVERED, POOL, Guidance, guide
 from hs_model.towers import TextTower, adapter_identity, adapter_tensors, build_towers, merge_text_adapter
 
 log = logging.getLogger(__name__)
@@ -280,6 +280,8 @@ class Classifier:
             )
             for lv in LEVELS
         }
+        if top_k >= POOL:  # the guidance's pool: every subheading of the best headings too
+            tops[6] = self._cover_headings(log_p6, tops[6], tops[4])
         joint = out.joint.float().cpu().tolist()
         gates = out.gates.float().cpu().tolist()
         has_text, has_image = feats.has_text.tolist(), feats.has_image.tolist()
@@ -335,6 +337,29 @@ class Classifier:
             [Candidate(codes[j], level, texts[j], v) for v, j in zip(vs, js, strict=True)]
             for vs, js in zip(values.cpu().tolist(), idx.cpu().tolist(), strict=True)
         ]
+
+    def _cover_headings(
+        self, log_p6: torch.Tensor, subs: list[list[Candidate]], heads: list[list[Candidate]]
+    ) -> list[list[Candidate]]:
+        """Each row's subheading candidates with every subheading of its HEADINGS_COVERED best headings added (the
+        ones a heading question can offer), best first."""
+        codes, texts = self.space.codes(6), self._descriptions[6]
+        out = []
+        for i, (pool6, pool4) in enumerate(zip(subs, heads, strict=True)):
+            have = {c.code for c in pool6}
+            idx = [j for h in pool4[:HEADINGS_COVERED] for j in self._subheadings_of[h.code] if codes[j] not in have]
+            values = log_p6[i, idx].float().exp().cpu().tolist() if idx else []  # [len(idx)]
+            added = [Candidate(HsCode(codes[j]), 6, texts[j], v) for j, v in zip(idx, values, strict=True)]
+            out.append(sorted(pool6 + added, key=lambda c: -c.score))
+        return out
+
+    @functools.cached_property
+    def _subheadings_of(self) -> dict[str, list[int]]:
+        """Heading -> the positions of its subheadings in the label space."""
+        out: dict[str, list[int]] = {}
+        for j, code in enumerate(self.space.subheadings):
+            out.setdefault(code[:4], []).append(j)
+        return out
 
     @functools.cached_property
     def _descriptions(self) -> dict[int, tuple[str, ...]]:

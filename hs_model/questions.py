@@ -24,8 +24,10 @@ from hs_model.criteria import (
     HEADING,
     HEADING_OPTIONS,
     MISMATCH,
+    MORE_HEADINGS,
     NEUTRAL,
     NONE,
+    SUBHEADING,
     UNKNOWN,
     Criterion,
     broker_choice,
@@ -44,9 +46,11 @@ __all__ = [
     "NONE",
     "POOL",
     "SPLIT_TEMPERATURE",
+    "TOP_CALIBRATION",
     "UNKNOWN",
     "Guidance",
     "Question",
+    "TopCalibration",
     "apply_answers",
     "broker_choice",
     "check_answer",
@@ -58,15 +62,46 @@ __all__ = [
 ]
 
 POOL = 30  # candidates per level the guidance keeps from the model (questions look beyond the shown top 5)
-# Tempering of within-heading splits: T=4 where a criterion of the texts separates the subheadings (material,
-# knitted, gender…: what descriptions rarely state and the model cannot see), T=2 elsewhere. On the UK parcels'
-# validation split: HS6 ECE 0.090 untempered, 0.050 with T=2 everywhere, 0.057 with 4 / 2; 4 / 2 is kept because
-# T=2 still left "Wrangler Men Motor Rider Red T-Shirts" at 83 % on a material nobody stated.
-SPLIT_TEMPERATURE = 4.0
-OTHER_SPLIT_TEMPERATURE = 2.0
+# The subheading pool also holds every subheading of the model's best headings: those the heading questions can
+# offer (up to 4, then 4 more after "none of these"), so that a heading the broker picks has all its subheadings
+# ranked, not only those among the 30 best of all.
+HEADINGS_COVERED = 2 * HEADING_OPTIONS
+# The knobs below were chosen with hsdesk-v3 on the UK parcels' validation split (232 rows) and the CBP rulings of
+# May 2026 (136, one-line form), the precedent index without those rows (`hs_train.guided_eval --tune`), by HS4 /
+# HS6 after two answers within 1.5 questions an item and, for the calibration, the log-loss of the top subheading.
+HEADING_MIN_MASS = 0.01  # a heading offered first holds at least this share of the probability (was 0.05)
+HEADING_PRIORITY = 2.0  # the heading question's gain counts this many times when questions are ranked
+MORE_HEADING_MIN_MASS = 0.005  # the same for the headings offered after "none of these"
+# Tempering of within-heading splits: T=2 where a criterion of the texts separates the subheadings (material,
+# knitted, gender…: what descriptions rarely state and the model cannot see), T=1.5 elsewhere. (4 / 2 was chosen
+# for hsdesk-v2; with hsdesk-v3 and the precedents vote it made the HS6 calibration worse on rows the vote had not
+# seen.)
+SPLIT_TEMPERATURE = 2.0
+OTHER_SPLIT_TEMPERATURE = 1.5
 CONFIDENT = 0.9  # no question when the top subheading holds this much and the evidence agrees
-MIN_GAIN = 0.3  # bits: a question expected to tell less is not worth a click (chosen on UK validation: 1.4 a item)
+MIN_GAIN = 0.5  # bits: a question expected to tell less is not worth a click (0.3 asked 1.55 an item on UK val)
+# After a heading is chosen: "never" / "fallback" (when no criterion of the texts splits its candidates) / "always"
+# ask which of its subheadings it is (those holding at least SUBHEADING_MIN_SHARE of the heading, best first).
+SUBHEADING_FOLLOW_UP = "fallback"
+SUBHEADING_MIN_SHARE = 0.05
 MAX_QUESTIONS = 2
+
+
+@dataclass(frozen=True)
+class TopCalibration:
+    """Platt scaling of the top subheading's probability, odds' = e^shift · odds^power, the rest of the distribution
+    scaled to fill what remains (so levels still add up). The served split was too sure above 50 % (0.85 meant
+    about 0.5 right) and not sure enough below 10 % (0.05 meant 0.13) on rows the vote had not seen."""
+
+    power: float
+    shift: float
+
+    def __call__(self, p: float) -> float:
+        p = min(max(p, 1e-9), 1.0 - 1e-9)
+        return 1.0 / (1.0 + math.exp(-(self.power * math.log(p / (1.0 - p)) + self.shift)))
+
+
+TOP_CALIBRATION = TopCalibration(power=0.731, shift=0.074)
 
 # ------------------------------------------------------------------------------------------------- questions
 
@@ -153,36 +188,94 @@ def offered_options(criterion: Criterion, codes: Sequence[str], probs: Sequence[
     return [k for k, m in mass.items() if m >= min_mass]
 
 
-def _heading_question(codes: Sequence[str], probs: Sequence[float]) -> Question | None:
-    """ "Which of these is it?" over the candidates' headings holding at least 5 % each (two at least)."""
-    mass: dict[str, float] = {}
-    for code, p in zip(codes, probs, strict=True):
-        mass[code[:4]] = mass.get(code[:4], 0.0) + p
-    total = sum(probs)
-    offered = [h for h, m in sorted(mass.items(), key=lambda kv: -kv[1]) if m >= 0.05 * total][:HEADING_OPTIONS]
+def _heading_ranking(
+    codes: Sequence[str], probs: Sequence[float], headings: Sequence[tuple[str, float]] | None
+) -> list[tuple[str, float]]:
+    """Headings best first with their probability: the model's heading-level pool when given (it counts the
+    subheadings outside the pool too), else the pool's subheadings summed per heading."""
+    if headings is None:
+        mass: dict[str, float] = {}
+        for code, p in zip(codes, probs, strict=True):
+            mass[code[:4]] = mass.get(code[:4], 0.0) + p
+        headings = list(mass.items())
+    return sorted(headings, key=lambda kv: -kv[1])
+
+
+def _heading_options(offered: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    options = tuple((h, f"{h} {_short(HsCode(h).description)}") for h in offered)
+    return options + ((NONE, "None of these"), (UNKNOWN, "Don't know"))
+
+
+def _heading_question(
+    codes: Sequence[str], probs: Sequence[float], headings: Sequence[tuple[str, float]] | None = None
+) -> Question | None:
+    """ "Which of these is it?" over the best headings holding at least HEADING_MIN_MASS each (two at least)."""
+    total = sum(probs) if headings is None else 1.0
+    ranking = _heading_ranking(codes, probs, headings)
+    offered = [h for h, m in ranking if m >= HEADING_MIN_MASS * total][:HEADING_OPTIONS]
     if len(offered) < 2:
         return None
     gain = expected_gain(HEADING, offered, codes, probs)
-    options = tuple((h, f"{h} {_short(HsCode(h).description)}") for h in offered)
-    options += ((NONE, "None of these"), (UNKNOWN, "Don't know"))
-    return Question(HEADING.key, HEADING.question, options, gain)
+    return Question(HEADING.key, HEADING.question, _heading_options(offered), gain)
+
+
+def _more_headings(
+    question: Question, codes: Sequence[str], probs: Sequence[float], headings: Sequence[tuple[str, float]] | None
+) -> Question | None:
+    """The follow-up of "none of these" to the heading question: the next headings of the ranking."""
+    total = sum(probs) if headings is None else 1.0
+    ranking = _heading_ranking(codes, probs, headings)
+    offered = [h for h, m in ranking if h not in question.offered and m >= MORE_HEADING_MIN_MASS * total]
+    offered = offered[:HEADING_OPTIONS]
+    if not offered:
+        return None
+    gain = expected_gain(MORE_HEADINGS, offered, codes, probs)
+    return Question(MORE_HEADINGS.key, MORE_HEADINGS.question, _heading_options(offered), gain)
 
 
 def _with_follow_ups(
-    question: Question, codes: Sequence[str], probs: Sequence[float], evidence: Sequence[Evidence], min_gain: float
+    question: Question,
+    codes: Sequence[str],
+    probs: Sequence[float],
+    evidence: Sequence[Evidence],
+    min_gain: float,
+    headings: Sequence[tuple[str, float]] | None = None,
 ) -> Question:
-    """For each heading offered, the question that best splits that heading's own candidates (a question tree,
-    drawn up before any answer)."""
-    follow = []
+    """For each heading offered, the question that best splits that heading's own candidates, and for "none of
+    these" the next headings of the ranking (a question tree, drawn up before any answer)."""
+    follow: list[tuple[str, Question]] = []
     for heading in question.offered:
         inside = [(c, p) for c, p in zip(codes, probs, strict=True) if c[:4] == heading]
         if len(inside) < 2:
             continue
         pool = [_Scored(c, p) for c, p in inside]
         found = [q for q in make_questions(pool, evidence, 1, min_gain, heading_question=False) if q.evidence is None]
-        if found:
-            follow.append((heading, found[0]))
+        sub = _subheading_question(inside, min_gain) if SUBHEADING_FOLLOW_UP != "never" else None
+        chosen = sub if sub is not None and (SUBHEADING_FOLLOW_UP == "always" or not found) else next(iter(found), None)
+        if chosen is not None:
+            follow.append((heading, chosen))
+    more = _more_headings(question, codes, probs, headings)
+    if more is not None:
+        follow.append((NONE, more))
     return dataclasses.replace(question, follow_ups=tuple(follow))
+
+
+def _subheading_question(inside: Sequence[tuple[str, float]], min_gain: float) -> Question | None:
+    """ "Which of these subheadings is it?" over one heading's candidates, unless one holds CONFIDENT of it or the
+    question is expected to tell less than `min_gain` bits."""
+    total = sum(p for _, p in inside)
+    ranked = sorted(inside, key=lambda cp: -cp[1])
+    if total <= 0 or ranked[0][1] >= CONFIDENT * total:
+        return None
+    offered = [c for c, p in ranked if p >= SUBHEADING_MIN_SHARE * total][:HEADING_OPTIONS]
+    if len(offered) < 2:
+        return None
+    gain = expected_gain(SUBHEADING, offered, [c for c, _ in ranked], [p for _, p in ranked])
+    if gain < min_gain:
+        return None
+    options = tuple((c, f"{HsCode(c).formatted} {_short(HsCode(c).description)}") for c in offered)
+    options += ((NONE, "None of these"), (UNKNOWN, "Don't know"))
+    return Question(SUBHEADING.key, SUBHEADING.question, options, gain)
 
 
 @dataclass(frozen=True)
@@ -201,6 +294,7 @@ def make_questions(
     max_questions: int = MAX_QUESTIONS,
     min_gain: float | None = None,
     heading_question: bool = True,
+    headings: Sequence[tuple[str, float]] | None = None,
 ) -> list[Question]:
     """The questions that split the candidates' probability best, from their texts alone (before any answer).
 
@@ -210,6 +304,8 @@ def make_questions(
         max_questions: how many questions to ask the broker (evidence-answered ones do not count).
         min_gain: questions expected to tell less than this many bits are dropped.
         heading_question: also consider "which of these headings is it?".
+        headings: the model's heading-level pool as (heading, probability), which the heading questions offer
+            from (None: the subheadings of `pool` summed per heading).
 
     Returns:
         Questions, the most informative first.
@@ -237,13 +333,13 @@ def make_questions(
         options = tuple((k, criterion.option(k).label) for k in offered)
         options += ((NONE, "None of these"), (UNKNOWN, "Don't know"))
         ranked.append(Question(criterion.key, criterion.question, options, gain, stated.get(criterion.key)))
-    heading = _heading_question(codes, probs) if heading_question else None
+    heading = _heading_question(codes, probs, headings) if heading_question else None
     if heading is not None and heading.gain >= min_gain:
         ranked.append(heading)
-    ranked.sort(key=lambda q: -q.gain)
+    ranked.sort(key=lambda q: -q.gain * (HEADING_PRIORITY if q.key == HEADING.key else 1.0))
     asked = [q for q in ranked if q.evidence is None][:max_questions]
     if asked and asked[0].key == HEADING.key and max_questions > 1:
-        asked[0] = _with_follow_ups(asked[0], codes, probs, evidence, min_gain)
+        asked[0] = _with_follow_ups(asked[0], codes, probs, evidence, min_gain, headings)
     return [q for q in ranked if q.evidence is not None] + asked
 
 
@@ -333,6 +429,7 @@ def reweighted_scores(
     pool: Mapping[int, Sequence[CandidateLike]],
     answers: Mapping[str, EffectiveAnswer],
     temperature: float | None = SPLIT_TEMPERATURE,
+    calibration: TopCalibration | None = TOP_CALIBRATION,
 ) -> dict[int, dict[str, float]]:
     """The pool's probabilities at 6/4/2 digits re-weighted under the answers, levels kept consistent.
 
@@ -345,6 +442,7 @@ def reweighted_scores(
         pool: candidates per level (objects with `code` and `score`).
         answers: criterion -> (option, weight of a mismatching code, weight of a silent code, options offered).
         temperature: tempering of within-heading splits (None: none).
+        calibration: the top subheading's calibration, applied last (None: none).
 
     Returns:
         level -> {code: probability} for the pool's codes (and any heading or chapter needed for the roll-up).
@@ -374,7 +472,25 @@ def reweighted_scores(
     outside = max(1.0 - sum(chaps.values()), 0.0)
     z = sum(new_chap.values()) + outside * math.prod(a[2] for a in answers.values() if a[0] != UNKNOWN)
     z = z if z > 0 else 1.0
-    return {lv: {c: v / z for c, v in new.items()} for lv, new in ((6, new_sub), (4, new_head), (2, new_chap))}
+    out = {lv: {c: v / z for c, v in new.items()} for lv, new in ((6, new_sub), (4, new_head), (2, new_chap))}
+    return calibrate_top(out, calibration) if calibration is not None else out
+
+
+def calibrate_top(scores: dict[int, dict[str, float]], calibration: TopCalibration) -> dict[int, dict[str, float]]:
+    """The top subheading's probability p calibrated to q, everything else scaled by (1 - q) / (1 - p): a heading
+    or chapter holding the top subheading gets q plus its scaled rest, so the levels keep adding up."""
+    if not scores[6]:
+        return scores
+    top = max(scores[6], key=scores[6].__getitem__)
+    p = scores[6][top]
+    if p >= 1.0 - 1e-9:
+        return scores
+    q = calibration(p)
+    r = (1.0 - q) / (1.0 - p)
+    return {
+        lv: {c: q + r * (v - p) if top.startswith(c) else r * v for c, v in level.items()}
+        for lv, level in scores.items()
+    }
 
 
 def reweight_levels(
@@ -382,10 +498,11 @@ def reweight_levels(
     answers: Mapping[str, EffectiveAnswer],
     temperature: float | None = SPLIT_TEMPERATURE,
     keep: int | None = None,
+    calibration: TopCalibration | None = TOP_CALIBRATION,
 ) -> dict[int, list[Candidate]]:
     """`reweighted_scores` as candidate lists per level, best first (the pool's objects with their new `score`,
     via `dataclasses.replace`), cut to `keep` when given."""
-    scores = reweighted_scores(pool, answers, temperature)
+    scores = reweighted_scores(pool, answers, temperature, calibration)
     out: dict[int, list[Candidate]] = {}
     for level, new in scores.items():
         by_code: dict[str, Candidate] = {c.code: c for c in pool[level]}
@@ -402,6 +519,7 @@ def guide(
     answers: Mapping[str, str] | None = None,
     temperature: float | None = SPLIT_TEMPERATURE,
     heading_question: bool = True,
+    calibration: TopCalibration | None = TOP_CALIBRATION,
 ) -> Prediction:
     """Post-process a Prediction whose levels hold the model's pool: evidence, calibrated splits, questions, answers.
 
@@ -414,6 +532,7 @@ def guide(
         answers: criterion -> option the broker gave.
         temperature: within-heading tempering on unstated criteria (None: none).
         heading_question: also consider "which of these headings is it?".
+        calibration: the top subheading's calibration (None: none).
 
     Returns:
         The prediction with re-ranked levels cut to `top_k` and its `guidance` filled in.
@@ -421,15 +540,25 @@ def guide(
     pool = {lv: tuple(cs) for lv, cs in prediction.levels.items()}
     evidence = tuple(read_evidence(text, attributes))
     base = Guidance(pool=pool, evidence=evidence, top_k=top_k)
-    before = reweighted_scores(pool, base.effective_answers(), temperature)[6]
-    ranked = sorted(before.items(), key=lambda kv: -kv[1])
-    questions = tuple(make_questions([_Scored(c, p) for c, p in ranked], evidence, heading_question=heading_question))
+    before = reweighted_scores(pool, base.effective_answers(), temperature, calibration)
+    ranked = sorted(before[6].items(), key=lambda kv: -kv[1])
+    questions = tuple(
+        make_questions(
+            [_Scored(c, p) for c, p in ranked],
+            evidence,
+            heading_question=heading_question,
+            headings=list(before[4].items()),
+        )
+    )
     guidance = dataclasses.replace(base, questions=questions)
-    return apply_answers(dataclasses.replace(prediction, guidance=guidance), answers or {}, temperature)
+    return apply_answers(dataclasses.replace(prediction, guidance=guidance), answers or {}, temperature, calibration)
 
 
 def apply_answers(
-    prediction: Prediction, answers: Mapping[str, str], temperature: float | None = SPLIT_TEMPERATURE
+    prediction: Prediction,
+    answers: Mapping[str, str],
+    temperature: float | None = SPLIT_TEMPERATURE,
+    calibration: TopCalibration | None = TOP_CALIBRATION,
 ) -> Prediction:
     """The prediction re-ranked under the broker's answers (replacing earlier ones); the questions stay as asked.
 
@@ -443,7 +572,7 @@ def apply_answers(
     for criterion, option in answers.items():
         check_answer(criterion, option)
     guidance = dataclasses.replace(guidance, answers=dict(answers))
-    levels = reweight_levels(guidance.pool, guidance.effective_answers(), temperature, keep=guidance.top_k)
+    levels = reweight_levels(guidance.pool, guidance.effective_answers(), temperature, guidance.top_k, calibration)
     return dataclasses.replace(
         prediction,
         levels=levels,

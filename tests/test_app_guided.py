@@ -167,3 +167,43 @@ def test_fine_tuning_learns_from_what_the_broker_stated(app_db, guided_classifie
         texts = {i.line_item_id: i.text for i in collect_reviewed(session)}
     assert texts[stated.line_item_id] == "T-shirt (stated by the broker: of cotton)"
     assert texts[unsure.line_item_id] == "T-shirt"
+
+
+class HeadingClassifier(FakeClassifier):
+    """Goods the model cannot place: five headings offered first; the right one comes after "none of these"."""
+
+    def predict(self, text=None, images=(), top_k=5):
+        import dataclasses
+
+        from hs_model.predict import Candidate
+        from hs_model.questions import guide
+
+        raw = super().predict(text, images, top_k)
+        subs = {"950300": 0.3, "420292": 0.2, "392690": 0.15, "610910": 0.1, "490199": 0.1, "830630": 0.05}
+        heads = {c[:4]: p for c, p in subs.items()}
+        chaps = {c[:2]: p for c, p in subs.items()}
+        levels = {
+            lv: [Candidate(c, lv, "", p) for c, p in table.items()] for lv, table in ((6, subs), (4, heads), (2, chaps))
+        }
+        return guide(dataclasses.replace(raw, levels=levels, notes=()), text, top_k)
+
+
+def test_none_of_these_headings_opens_the_next_ones_on_screen(app_db, monkeypatch):
+    fake = HeadingClassifier()
+    monkeypatch.setattr(common, "get_classifier", lambda model_dir: fake)
+    at = classify(signed_in(app_db), "ornament")
+    assert not at.exception and not at.error
+    assert at.metric[0].value == "9503.00"
+    heading = next(b for b in at.button_group if b.key.endswith("_heading"))
+    assert not [b for b in at.button_group if b.key.endswith("_heading_more")]  # asked only after "none of these"
+    at = heading.set_value("none").run()
+    assert not at.exception and not at.error
+    more = next(b for b in at.button_group if b.key.endswith("_heading_more"))
+    assert more.label.startswith("None of those")
+    at = more.set_value("8306").run()
+    assert not at.exception and not at.error
+    assert at.metric[0].value == "8306.30"
+    assert fake.calls == 1  # re-ranked in place
+    with app_db.factory() as session:
+        facts = [(f.question, f.answer) for f in session.scalars(select(BrokerFact).order_by(BrokerFact.id))]
+    assert facts == [("heading", "none"), ("heading_more", "8306")]

@@ -51,3 +51,20 @@ def test_cli_json_has_questions_evidence_and_applies_answers():
 
 def test_cli_bad_answer_is_a_user_error():
     assert_user_error(run("predict", "--text", "T-shirt", "--answer", "textile=kevlar"), "not an option")
+
+
+def test_the_pool_holds_every_subheading_of_the_headings_a_question_can_offer(classifier):
+    from hs_core.nomenclature import get_nomenclature
+    from hs_model.predict import Query
+    from hs_model.questions import HEADINGS_COVERED, POOL
+
+    raw = classifier.predict_features(classifier.encode([Query("brass door handle")]), POOL)[0]
+    pool = [c.code for c in raw.levels[6]]
+    scores = [c.score for c in raw.levels[6]]
+    assert scores == sorted(scores, reverse=True) and len(pool) == len(set(pool)) >= POOL
+    every = [c.digits for c in get_nomenclature().subheadings]
+    for heading in raw.levels[4][:HEADINGS_COVERED]:
+        assert {code for code in every if code[:4] == heading.code} <= set(pool)
+    heads = {c.code: c.score for c in raw.levels[4]}
+    for code, p in zip(pool, scores, strict=True):  # each added subheading's probability is the model's own
+        assert p <= heads.get(code[:4], 1.0) + 1e-6

@@ -101,7 +101,9 @@ def test_unstated_material_split_is_tempered_and_stated_one_decides():
     plain = guide(raw, "men's T-shirt", top_k=3)
     s = scores(plain)
     assert max(s["610990"], s["610910"]) < 0.8  # nobody said what it is made of
-    assert s["610990"] + s["610910"] == pytest.approx(0.99, abs=1e-6)  # the heading keeps its total
+    tempered = scores(guide(raw, "men's T-shirt", top_k=3, calibration=None))
+    assert tempered["610990"] + tempered["610910"] == pytest.approx(0.99, abs=1e-6)  # the heading keeps its total
+    assert tempered["610990"] < 0.89
     cotton = guide(raw, "men's 100% cotton T-shirt", top_k=3)
     assert cotton.levels[6][0].code == "610910"
     keys = [x.key for x in plain.guidance.questions]
@@ -118,7 +120,7 @@ def test_answer_reweights_in_place_and_levels_agree():
     answered = apply_answers(first, {"textile": "cotton"})
     s = scores(answered)
     assert answered.levels[6][0].code == "610910"
-    assert s["610910"] > 0.7 and answered.levels[6][1].code == "620520"  # the other cotton code comes next
+    assert s["610910"] > 0.6 and answered.levels[6][1].code == "620520"  # the other cotton code comes next
     heads, chaps = scores(answered, 4), scores(answered, 2)
     assert heads["6109"] >= s["610910"] + s["610990"] - 1e-9
     assert chaps["61"] >= heads["6109"] + heads["6110"] - 1e-9
@@ -167,8 +169,52 @@ def test_heading_question_with_follow_ups_drawn_before_any_answer():
     assert follow is not None and follow.key == "textile" and set(follow.offered) >= {"cotton", "synthetic"}
     after = apply_answers(first, {"heading": "6205", "textile": "synthetic"})
     assert after.levels[6][0].code == "620530"
-    none = apply_answers(guide(pred({**raw_scores(raw), "490199": 0.04}), "shirt", top_k=5), {"heading": NONE})
+    none = apply_answers(guide(pred({**raw_scores(raw), "490199": 0.009}), "shirt", top_k=5), {"heading": NONE})
     assert none.levels[6][0].code == "490199"  # "none of these" headings: the one too unlikely to be offered
+
+
+def test_none_of_these_headings_opens_the_next_headings_of_the_ranking():
+    subs = {"610910": 0.3, "620520": 0.2, "950300": 0.15, "420292": 0.1, "392690": 0.08, "490199": 0.06}
+    # 6307 is in the model's heading pool only (none of its subheadings is among the candidates)
+    raw = pred(subs, heads={"6307": 0.05, "9999": 0.0})
+    first = guide(raw, "thing", top_k=5)
+    heading = first.guidance.questions[0]
+    assert heading.key == "heading" and heading.offered == ("6109", "6205", "9503", "4202", "3926")
+    more = heading.follow_up(NONE)  # drawn up with the question, before any answer
+    assert more is not None and more.key == "heading_more" and more.offered == ("4901", "6307")
+    after = apply_answers(first, {"heading": NONE, "heading_more": "6307"})
+    assert after.levels[4][0].code == "6307"
+    assert apply_answers(first, {"heading": NONE, "heading_more": "4901"}).levels[6][0].code == "490199"
+    with pytest.raises(ValueError, match="4-digit heading"):
+        apply_answers(first, {"heading_more": "cotton"})
+
+
+def test_a_heading_no_criterion_splits_asks_for_its_subheadings():
+    # 9503.00 has one subheading; 8471's subheadings differ by what no criterion reads (portable, units…)
+    raw = pred({"847130": 0.3, "847150": 0.15, "847160": 0.1, "950300": 0.3, "420292": 0.15})
+    first = guide(raw, "computer thing", top_k=5)
+    heading = first.guidance.questions[0]
+    assert heading.key == "heading" and "8471" in heading.offered
+    follow = heading.follow_up("8471")
+    assert follow is not None and follow.key == "subheading"
+    assert follow.offered == ("847130", "847150", "847160")
+    assert dict(follow.options)["847150"].startswith("8471.50 ")
+    assert heading.follow_up("9503") is None  # nothing left to split
+    after = apply_answers(first, {"heading": "8471", "subheading": "847160"})
+    assert after.levels[6][0].code == "847160" and after.levels[4][0].code == "8471"
+    with pytest.raises(ValueError, match="6-digit subheading"):
+        apply_answers(first, {"subheading": "8471"})
+
+
+def test_top_calibration_keeps_levels_adding_up():
+    raw = pred({"610990": 0.97, "610910": 0.02, "620520": 0.01})
+    served = guide(raw, "men's shirt", top_k=3, temperature=None)
+    s, h, ch = scores(served), scores(served, 4), scores(served, 2)
+    assert s["610990"] == pytest.approx(q.TOP_CALIBRATION(0.97))
+    assert s["610990"] < 0.97  # too sure: a 0.97 was right less often
+    assert sum(s.values()) == pytest.approx(1.0) and h["6109"] == pytest.approx(s["610990"] + s["610910"])
+    assert ch["61"] + ch["62"] == pytest.approx(1.0)
+    assert q.TOP_CALIBRATION(0.05) > 0.05  # and not sure enough at the bottom
 
 
 def test_cli_refuses_a_bad_answer_before_loading_the_model():
