@@ -10,11 +10,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from hs_core.settings import ASSETS_DIR
 from hs_model.config import cache_dir
 from hs_model.model import LabelBank, LabelSpace
 from hs_model.towers import TextTower, imagenet_class_names
 
 log = logging.getLogger(__name__)
+
+# The official bank of the default text tower, shipped so that a fresh install's first start embeds nothing
+# (`python -m hs_model ship-label-bank` writes it; the file names carry the texts' hash, so an edited text or
+# another tower falls back to the cache and to embedding).
+SHIPPED_DIR = ASSETS_DIR / "label_bank"
 
 
 def official_label_texts(space: LabelSpace) -> tuple[list[str], list[str], list[str]]:
@@ -45,9 +51,20 @@ def class_name_texts(prompt: str = DEFAULT_BRIDGE_PROMPT) -> list[str]:
     return [prompt.format(names.split(",")[0].strip()) for names in imagenet_class_names()]
 
 
-def _cached(tower: TextTower, texts: list[str], tag: str, use_cache: bool) -> torch.Tensor:
+def _file_name(tower: TextTower, texts: list[str], tag: str) -> str:
+    """Named by tag, tower and a hash of the tower, its input length and every text: a stale file is never read."""
     key = hashlib.sha256("\n".join([tower.name, str(tower.max_length), *texts]).encode()).hexdigest()[:12]
-    path = cache_dir() / f"{tag}-{_slug(tower.name)}-{key}.safetensors"
+    return f"{tag}-{_slug(tower.name)}-{key}.safetensors"
+
+
+def _cached(tower: TextTower, texts: list[str], tag: str, use_cache: bool) -> torch.Tensor:
+    """The texts' vectors: shipped with the app (`SHIPPED_DIR`, float16), else the local cache, else embedded now
+    (about 8,000 texts for the official bank: half a minute on a quiet 2-core CPU, minutes under load)."""
+    name = _file_name(tower, texts, tag)
+    shipped = SHIPPED_DIR / name
+    if use_cache and shipped.is_file():
+        return load_file(str(shipped))["emb"].float()
+    path = cache_dir() / name
     if use_cache and path.is_file():
         return load_file(str(path))["emb"]
     log.info("embedding %d %s texts with %s (cached at %s)", len(texts), tag, tower.name, path)
@@ -100,3 +117,19 @@ def with_extra_prototypes(
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", Path(name).name)[:40]
+
+
+def ship_official_bank(tower: TextTower, space: LabelSpace, edition: str, folder: Path = SHIPPED_DIR) -> list[Path]:
+    """Write the official bank and the class-name vectors of `tower` to `folder` as float16 (about 6 MB), under
+    the names `_cached` looks for; returns the files written."""
+    subs, heads, chaps = official_label_texts(space)
+    tag = f"official-{edition}"
+    parts = [(subs, f"{tag}-sub"), (heads, f"{tag}-head"), (chaps, f"{tag}-chap"), (class_name_texts(), "names")]
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for texts, part in parts:
+        path = folder / _file_name(tower, texts, part)
+        emb = _cached(tower, texts, part, use_cache=True)
+        save_file({"emb": emb.half().contiguous()}, str(path))
+        written.append(path)
+    return written

@@ -76,6 +76,17 @@ def cmd_tune_text(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ship_label_bank(args: argparse.Namespace) -> int:
+    from hs_model.bank import SHIPPED_DIR, ship_official_bank
+    from hs_model.predict import Classifier
+
+    classifier = Classifier(None)  # the default towers (zero-shot): the official bank is theirs
+    folder = Path(args.out) if args.out else SHIPPED_DIR
+    for path in ship_official_bank(classifier.base_text_tower, classifier.space, classifier.edition, folder):
+        print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from hs_train.report import build_report
 
@@ -175,6 +186,11 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--eval-every", type=int, default=0, help="held-out measurement every N steps (0: at the end only)")
     p.add_argument("--max-minutes", type=float, default=0.0, help="wall-clock budget (the schedule decays over it)")
     p.set_defaults(func=cmd_tune_text)
+
+    p = sub.add_parser("ship-label-bank", help="write the official label bank of the default text tower into "
+                       "assets/label_bank (so a fresh install's first start embeds nothing)")  # fmt: skip
+    p.add_argument("--out", default=None, help="folder (default: assets/label_bank)")
+    p.set_defaults(func=cmd_ship_label_bank)
 
     p = sub.add_parser("report", help="evaluation report over Myntra test, HSCodeComp and ATLAS, with ablations")
     p.add_argument("--model", default=None, help=MODEL_HELP)
