@@ -30,7 +30,7 @@ SIGNED_IN_AT_KEY = "auth_signed_in_at"
 TOKEN_KEY = "auth_token"  # this browser's server-side session (services.sessions)
 
 
-@st.cache_resource(show_spinner="Loading the HS model (the first start can take a minute)…")
+@st.cache_resource(show_spinner="Loading the HS model…")
 def get_base_classifier() -> Any:
     """The towers and the official label texts, loaded once; every model version is a small head on top."""
     return load_classifier(None)
