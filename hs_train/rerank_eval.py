@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import statistics
 import time
@@ -130,18 +131,41 @@ def load_reranker(folder: Path, data: Path) -> CrossEncoder:
 
 
 @torch.inference_mode()
-def score_top(model: CrossEncoder, fs: dict, names: list[str], top: int) -> dict:
+def score_top(model: CrossEncoder, fs: dict, names: list[str], top: int, start: int = 0) -> dict:
+    """The reranker's scores for ranks start..top-1 of the first stage (a later run can add deeper ranks)."""
     codes = fs["subheadings"]
     out = {}
     for name in names:
         c = fs[name]
-        idx = c["log_p6"].topk(top, dim=1).indices  # [Q, N]
+        idx = c["log_p6"].topk(top, dim=1).indices[:, start:]  # [Q, top - start]
         scores = torch.zeros(idx.shape)
         t0 = time.perf_counter()
         for q, text in enumerate(c["texts"]):
             scores[q] = model.score_candidates(text, [codes[j] for j in idx[q].tolist()])
-        out[name] = {"top": idx, "scores": scores, "seconds": time.perf_counter() - t0}
-        log.info("scored %s: %d x %d pairs in %.0f s", name, len(c["texts"]), top, out[name]["seconds"])
+        out[name] = {"top": idx, "scores": scores, "start": start, "seconds": time.perf_counter() - t0}
+        log.info("scored %s: %d x %d pairs in %.0f s", name, len(c["texts"]), top - start, out[name]["seconds"])
+    return out
+
+
+def merge_scores(files: list[Path]) -> dict:
+    """Score files -> one {condition: top, scores, seconds}, rank ranges joined in order (they must be contiguous)."""
+    parts: dict[str, list[dict]] = {}
+    for file in files:
+        for name, part in torch.load(file, weights_only=False).items():
+            parts.setdefault(name, []).append(part)
+    out = {}
+    for name, ps in parts.items():
+        ps.sort(key=lambda p: p.get("start", 0))
+        width = 0
+        for p in ps:
+            if p.get("start", 0) != width:
+                raise ValueError(f"{name}: scored ranks are not contiguous at {width}")
+            width += p["top"].shape[1]
+        out[name] = {
+            "top": torch.cat([p["top"] for p in ps], dim=1),
+            "scores": torch.cat([p["scores"] for p in ps], dim=1),
+            "seconds": sum(p["seconds"] for p in ps),
+        }
     return out
 
 
@@ -169,10 +193,11 @@ def top1(log_p6: torch.Tensor, golds: list[str], subheadings: list[str]) -> dict
     return out
 
 
-def fit(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+def fit(parts: list, fixed_w: float | None = None) -> tuple[float, float]:
     """w and T by the mean 6-digit NLL over conditions (each weighs the same); rows whose gold is outside the top N
-    keep the NLL the mass split gives them (the gold's share is untouched), so only rows with it inside count."""
-    params = torch.tensor([0.0, 0.0], requires_grad=True)  # w, log T
+    keep the NLL the mass split gives them (the gold's share is untouched), so only rows with it inside count.
+    fixed_w: fit T alone (the control: how much of a change is the temperature's)."""
+    params = torch.tensor([fixed_w or 0.0, 0.0], requires_grad=True)  # w, log T
     opt = torch.optim.LBFGS([params], lr=1.0, max_iter=50, line_search_fn="strong_wolfe")
 
     def closure():
@@ -187,6 +212,8 @@ def fit(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
         loss.backward()
         return loss
 
+    if fixed_w is not None:
+        params.register_hook(lambda g: g * torch.tensor([0.0, 1.0]))
     opt.step(closure)
     w, lt = params.detach().tolist()
     return float(w), float(np.exp(lt))
@@ -227,12 +254,65 @@ def crossfit_may(fs: dict, sc: dict, n: int, folds: int = 5) -> dict[str, dict[s
     return out
 
 
-def cpu_cost(model: CrossEncoder, text: str, codes: list[str], ns=(5, 10, 20, 30), reps: int = 15) -> dict:
-    """p50 ms of the reranker alone for one prediction of N candidates (tokenising included), 1 and 2 threads."""
-    out: dict = {}
+def served_top1(clf, fs: dict, sc: dict, name: str, n: int, w: float, t: float) -> dict[str, float]:
+    """Top-1 through the product path (`Classifier.predict_batch`: head, shipped precedents vote, guidance), the
+    reranker combined right after the vote (w = 0, T = 1: the product as served). The reranker's scores are the
+    saved ones for the saved first stage's top N; a row whose served top N differs from it is counted and logged."""
+    from hs_model.predict import Query
+
+    texts, golds = fs[name]["texts"], fs[name]["golds"]
+    original = clf._vote
+    preds, mismatched = [], 0
+    try:
+        for s in range(0, len(texts), 64):
+            rows = slice(s, s + 64)
+
+            def patched(log_p6, feats, text_joint, text_gate, rows=rows):
+                nonlocal mismatched
+                fused, evidence, voted = original(log_p6, feats, text_joint, text_gate)
+                top, scores = sc[name]["top"][rows, :n], sc[name]["scores"][rows, :n]
+                same = (fused.float().cpu().topk(n, dim=1).indices.sort(1).values == top.sort(1).values).all(1)
+                mismatched += int((~same).sum())
+                return combine(fused.float().cpu(), top, scores, w, t).to(fused.device), evidence, voted
+
+            clf._vote = patched
+            preds += clf.predict_batch([Query(x) for x in texts[rows]], top_k=5)
+    finally:
+        clf._vote = original
+    if mismatched:
+        log.warning("%s: %d rows whose served top %d differs from the saved first stage", name, mismatched, n)
+    out: dict[str, float] = {"rows_top_n_mismatch": float(mismatched)}
+    for lv in LEVELS:
+        hits = [p.levels[lv][0].code.digits == g[:lv] for p, g in zip(preds, golds, strict=True)]
+        out[f"hs{lv}_top1"] = sum(hits) / len(hits)
+    return out
+
+
+def cpu_cost(
+    model: CrossEncoder, text: str, codes: list[str], ns=(5, 10, 20, 30), reps: int = 15, model_dir: Path | None = None
+) -> dict:
+    """p50 ms of the reranker alone for one prediction of N candidates (tokenising included), 1 and 2 threads;
+    with model_dir, the first stage's `Classifier.predict` on the same text in the same run (the load differs)."""
+    out: dict = {"load_average": list(os.getloadavg())}
     before = torch.get_num_threads()
+    clf = None
+    if model_dir is not None:
+        from hs_model.predict import Classifier
+
+        clf = Classifier(model_dir)
     for threads in (1, 2):
         torch.set_num_threads(threads)
+        if clf is not None:
+            clf.predict(text)
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                clf.predict(text)
+                times.append(1000 * (time.perf_counter() - t0))
+            out[f"threads={threads}, first stage (Classifier.predict)"] = {
+                "p50_ms": statistics.median(times),
+                "min_ms": min(times),
+            }
         for n in ns:
             model.score_candidates(text, codes[:n])  # warm up
             times = []
@@ -245,12 +325,18 @@ def cpu_cost(model: CrossEncoder, text: str, codes: list[str], ns=(5, 10, 20, 30
     return out
 
 
-def report(fs: dict, sc: dict, ns: list[int], model: CrossEncoder | None) -> dict:
+def report(fs: dict, sc: dict, ns: list[int], model: CrossEncoder | None, model_dir: Path | None = None) -> dict:
     subs = fs["subheadings"]
     res: dict = {"first_stage_version": fs["version"], "heldout_index_rows": fs["index_rows"], "by_n": {}}
+    served_clf = None
+    if model_dir is not None and any(name in sc for name in SHARED):
+        from hs_model.predict import Classifier
+
+        served_clf = Classifier(model_dir)
     names = [n for n in (*HELDOUT, *SHARED) if n in sc]
     for n in ns:
         w, t = fit(fit_parts(fs, sc, TUNE, n))
+        _, t0 = fit(fit_parts(fs, sc, TUNE, n), fixed_w=0.0)
         per = {}
         for name in names:
             golds = fs[name]["golds"]
@@ -262,16 +348,29 @@ def report(fs: dict, sc: dict, ns: list[int], model: CrossEncoder | None) -> dic
                     )
                 ),
                 "first_stage": top1(fs[name]["log_p6"], golds, subs),
+                "temperature_only": top1(reranked(fs, sc, name, n, 0.0, t0), golds, subs),
                 "reranked": top1(reranked(fs, sc, name, n, w, t), golds, subs),
             }
-        res["by_n"][str(n)] = {"w": w, "temperature": t, "conditions": per, "may_crossfit": crossfit_may(fs, sc, n)}
+        if served_clf is not None:
+            for name in SHARED:
+                if name in sc:
+                    per[name]["served"] = served_top1(served_clf, fs, sc, name, n, 0.0, 1.0)
+                    per[name]["served_reranked"] = served_top1(served_clf, fs, sc, name, n, w, t)
+        res["by_n"][str(n)] = {
+            "w": w,
+            "temperature": t,
+            "temperature_only": t0,
+            "conditions": per,
+            "may_crossfit": crossfit_may(fs, sc, n),
+        }
         log.info("N=%d w=%.3f T=%.3f", n, w, t)
     if model is not None:  # timed on the UK test description of median length, against its own candidates
         c = fs["UK parcels, test"]
         by_len = sorted(range(len(c["texts"])), key=lambda i: len(c["texts"][i]))
         sample = c["texts"][by_len[len(by_len) // 2]]
         codes = [subs[j] for j in c["log_p6"][by_len[len(by_len) // 2]].topk(30).indices.tolist()]
-        res["cpu_ms_one_prediction"] = cpu_cost(model, sample, codes)
+        res["cpu_ms_one_prediction"] = cpu_cost(model, sample, codes, model_dir=model_dir)
+        res["cpu_text"] = sample
         res["cpu_text_words"] = len(sample.split())
     res["scoring_seconds"] = {k: v["seconds"] for k, v in sc.items()}
     return res
@@ -286,21 +385,30 @@ def to_markdown(res: dict) -> str:
         lines += [
             f"**N = {n}** (w = {r['w']:.3f}, T = {r['temperature']:.3f}, fitted on UK val + May long + May one-line)",
             "",
-            "| condition | rows | gold in top N | first stage HS2 / HS4 / HS6 | + reranker HS2 / HS4 / HS6 |",
-            "|---|---|---|---|---|",
+            "| condition | rows | gold in top N | first stage HS2 / HS4 / HS6 | control: T alone (w = 0) "
+            "| + reranker HS2 / HS4 / HS6 |",
+            "|---|---|---|---|---|---|",
         ]
         for name, c in r["conditions"].items():
             tag = " (tuning)" if name in TUNE else ""
             lines.append(
                 f"| {name}{tag} | {c['rows']} | {100 * c['gold_in_top_n']:.1f} | {f(c['first_stage'])} "
-                f"| {f(c['reranked'])} |"
+                f"| {f(c['temperature_only'])} | **{f(c['reranked'])}** |"
             )
         for name, m in r["may_crossfit"].items():
-            lines.append(f"| {name}, w cross-fitted (5 folds) | | | | {f(m)} |")
+            lines.append(f"| {name}, w cross-fitted (5 folds) | | | | | {f(m)} |")
+        for name, c in r["conditions"].items():
+            if "served" in c:
+                lines.append(
+                    f"| {name}, product path (vote + guidance) | {c['rows']} | | {f(c['served'])} | "
+                    f"| **{f(c['served_reranked'])}** |"
+                )
         lines.append("")
     if "cpu_ms_one_prediction" in res:
         lines += ["| reranker alone, one prediction | p50 ms |", "|---|---|"]
-        lines += [f"| {k} | {v['p50_ms']:.0f} |" for k, v in res["cpu_ms_one_prediction"].items()]
+        lines += [
+            f"| {k} | {v['p50_ms']:.0f} |" for k, v in res["cpu_ms_one_prediction"].items() if isinstance(v, dict)
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -314,6 +422,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="working folder (first stage, scores)")
     ap.add_argument("--results", type=Path, help="report: where rerank.json and rerank.md go")
     ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--start", type=int, default=0, help="score: first rank scored (deeper ranks in a later run)")
     ap.add_argument("--ns", type=int, nargs="+", default=[5, 10, 20])
     ap.add_argument("--conditions", nargs="+", default=None, help="score: only these conditions")
     ap.add_argument("--shared", action="store_true", help="first-stage / score: also HSCodeComp and ATLAS")
@@ -330,13 +439,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.step == "score":
         model = load_reranker(args.reranker, args.data_dir)
         names = args.conditions or [n for n in (*HELDOUT, *(SHARED if args.shared else ())) if n in fs]
-        torch.save(score_top(model, fs, names, args.top), args.out / f"scores{args.tag}.pt")
+        torch.save(score_top(model, fs, names, args.top, args.start), args.out / f"scores{args.tag}.pt")
         return
-    sc: dict = {}
-    for file in sorted(args.out.glob("scores*.pt")):
-        sc.update(torch.load(file, weights_only=False))
+    sc = merge_scores(sorted(args.out.glob("scores*.pt")))
     timed = load_reranker(args.reranker, args.data_dir) if args.reranker else None
-    res = report(fs, sc, args.ns, timed)
+    res = report(fs, sc, args.ns, timed, args.model)
     out = args.results or args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "rerank.json").write_text(json.dumps(res, indent=2))
