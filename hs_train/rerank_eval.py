@@ -193,6 +193,22 @@ def top1(log_p6: torch.Tensor, golds: list[str], subheadings: list[str]) -> dict
     return out
 
 
+def flips(before: torch.Tensor, after: torch.Tensor, golds: list[str], subheadings: list[str]) -> dict[str, list[int]]:
+    """Paired change per level: [rows wrong before and right after, rows right before and wrong after]."""
+    out = {}
+    for lv in LEVELS:
+        rows = [i for i, g in enumerate(golds) if len(g) >= lv]
+        if not rows:
+            continue
+        hits = []
+        for lp in (before, after):
+            pred, codes = level_log_probs(lp[rows], subheadings, lv)
+            hits.append([codes[p] == golds[i][:lv] for p, i in zip(pred.argmax(1).tolist(), rows, strict=True)])
+        pairs = list(zip(*hits, strict=True))
+        out[f"hs{lv}"] = [sum(b and not a for a, b in pairs), sum(a and not b for a, b in pairs)]
+    return out
+
+
 def fit(parts: list, fixed_w: float | None = None) -> tuple[float, float]:
     """w and T by the mean 6-digit NLL over conditions (each weighs the same); rows whose gold is outside the top N
     keep the NLL the mass split gives them (the gold's share is untouched), so only rows with it inside count.
@@ -342,20 +358,19 @@ def report(fs: dict, sc: dict, ns: list[int], model: CrossEncoder | None, model_
             golds = fs[name]["golds"]
             per[name] = {
                 "rows": len(golds),
-                "gold_in_top_n": float(
+                "gold_in_top_n": float(  # a 4-digit gold (Myntra): any of its subheadings
                     np.mean(
-                        [g in {subs[j] for j in r} for g, r in zip(golds, sc[name]["top"][:, :n].tolist(), strict=True)]
+                        [
+                            any(subs[j].startswith(g) for j in r)
+                            for g, r in zip(golds, sc[name]["top"][:, :n].tolist(), strict=True)
+                        ]
                     )
                 ),
                 "first_stage": top1(fs[name]["log_p6"], golds, subs),
                 "temperature_only": top1(reranked(fs, sc, name, n, 0.0, t0), golds, subs),
                 "reranked": top1(reranked(fs, sc, name, n, w, t), golds, subs),
+                "gained_lost": flips(fs[name]["log_p6"], reranked(fs, sc, name, n, w, t), golds, subs),
             }
-        if served_clf is not None:
-            for name in SHARED:
-                if name in sc:
-                    per[name]["served"] = served_top1(served_clf, fs, sc, name, n, 0.0, 1.0)
-                    per[name]["served_reranked"] = served_top1(served_clf, fs, sc, name, n, w, t)
         res["by_n"][str(n)] = {
             "w": w,
             "temperature": t,
@@ -368,6 +383,15 @@ def report(fs: dict, sc: dict, ns: list[int], model: CrossEncoder | None, model_
     res["chosen_n"] = max(
         res["by_n"], key=lambda n: np.mean([res["by_n"][n]["conditions"][c]["reranked"]["hs4_top1"] for c in TUNE])
     )
+    if served_clf is not None:  # the shared files through the product path, at the chosen N only
+        best = res["by_n"][res["chosen_n"]]
+        for name in SHARED:
+            if name in sc:
+                c = best["conditions"][name]
+                c["served"] = served_top1(served_clf, fs, sc, name, int(res["chosen_n"]), 0.0, 1.0)
+                c["served_reranked"] = served_top1(
+                    served_clf, fs, sc, name, int(res["chosen_n"]), best["w"], best["temperature"]
+                )
     if model is not None:  # timed on the UK test description of median length, against its own candidates
         c = fs["UK parcels, test"]
         by_len = sorted(range(len(c["texts"])), key=lambda i: len(c["texts"][i]))
@@ -384,28 +408,31 @@ def to_markdown(res: dict) -> str:
     def f(m: dict) -> str:
         return " / ".join(f"{100 * m[k]:.1f}" if k in m else "–" for k in ("hs2_top1", "hs4_top1", "hs6_top1"))
 
+    def g(m: dict) -> str:
+        return ", ".join(f"+{m[k][0]} −{m[k][1]}" for k in ("hs4", "hs6") if k in m)
+
     lines = [f"N chosen on the tuning conditions (mean HS4 top-1 with the reranker): **{res['chosen_n']}**", ""]
     for n, r in res["by_n"].items():
         lines += [
             f"**N = {n}** (w = {r['w']:.3f}, T = {r['temperature']:.3f}, fitted on UK val + May long + May one-line)",
             "",
             "| condition | rows | gold in top N | first stage HS2 / HS4 / HS6 | control: T alone (w = 0) "
-            "| + reranker HS2 / HS4 / HS6 |",
-            "|---|---|---|---|---|---|",
+            "| + reranker HS2 / HS4 / HS6 | rows gained / lost, HS4 and HS6 |",
+            "|---|---|---|---|---|---|---|",
         ]
         for name, c in r["conditions"].items():
             tag = " (tuning)" if name in TUNE else ""
             lines.append(
                 f"| {name}{tag} | {c['rows']} | {100 * c['gold_in_top_n']:.1f} | {f(c['first_stage'])} "
-                f"| {f(c['temperature_only'])} | **{f(c['reranked'])}** |"
+                f"| {f(c['temperature_only'])} | **{f(c['reranked'])}** | {g(c['gained_lost'])} |"
             )
         for name, m in r["may_crossfit"].items():
-            lines.append(f"| {name}, w cross-fitted (5 folds) | | | | | {f(m)} |")
+            lines.append(f"| {name}, w cross-fitted (5 folds) | | | | | {f(m)} | |")
         for name, c in r["conditions"].items():
             if "served" in c:
                 lines.append(
                     f"| {name}, product path (vote + guidance) | {c['rows']} | | {f(c['served'])} | "
-                    f"| **{f(c['served_reranked'])}** |"
+                    f"| **{f(c['served_reranked'])}** | |"
                 )
         lines.append("")
     if "cpu_ms_one_prediction" in res:
