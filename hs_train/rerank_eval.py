@@ -11,7 +11,7 @@ Three steps, each saving what the next reads (the slow parts run once):
    one-line, equal weights) for each N; May also 5-fold cross-fitted (w fitted without the fold); top-1 at 2, 4, 6
    digits per condition; the reranker's CPU time for one prediction (N pairs, 1 and 2 threads).
 
-    python -m hs_train.rerank_eval first-stage --out /work/runs/rerank/eval
+    python -m hs_train.rerank_eval first-stage --out /work/runs/rerank/eval --shared
     python -m hs_train.rerank_eval score --reranker /work/runs/rerank/model --out /work/runs/rerank/eval --top 20
     python -m hs_train.rerank_eval report --reranker /work/runs/rerank/model --out /work/runs/rerank/eval \
         --results docs/results
@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("step", choices=("first-stage", "score", "report"))
     ap.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     ap.add_argument("--model", type=Path, default=Path("assets/model"))
-    ap.add_argument("--vote", type=Path, default=Path("docs/results/precedents.json"), help="the vote settings")
+    ap.add_argument("--vote", type=Path, default=Path("docs/results/precedents_v3.json"), help="the vote settings")
     ap.add_argument("--reranker", type=Path)
     ap.add_argument("--out", type=Path, required=True, help="working folder (first stage, scores)")
     ap.add_argument("--results", type=Path, help="report: where rerank.json and rerank.md go")
