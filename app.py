@@ -80,17 +80,21 @@ def sign_in_screen() -> None:
             st.error(str(exc))
             return
         token = common.in_transaction(lambda session: start_session(session, actor))
-        # The browser stores the token first and then reloads the page, whose new session signs in from it; this
-        # session stays signed out. Signing this session in at once left a window in which a reconnect or an F5
-        # (before the cookie script had run) found no cookie and showed the sign-in form again, with no notice.
+        st.session_state[common.ACTOR_KEY] = actor
+        st.session_state[common.SIGNED_IN_AT_KEY] = utcnow()
+        st.session_state[common.TOKEN_KEY] = token
+        # No rerun into the app here: the browser stores the token first and then reloads the page, whose new
+        # session signs in from it. Drawing the app at once left a window in which a reconnect or an F5 (before
+        # the cookie script had run) found no cookie and showed the sign-in form again, with no notice. (This
+        # session is signed in too, so a browser that keeps no cookie still works in this tab until a refresh.)
         # A deep link opens after sign-in when the role has its page; any other address opens the role's first page.
         st.info("Signed in. Opening HS desk…", icon=":material/login:")
         wanted = st.session_state.get(WANTED_KEY)
         deep_link = wanted in ROLE_PAGES.get(actor.role, ())
         set_cookie(token, then="reload" if deep_link else "home")
         st.caption(
-            "HS desk keeps you signed in with a cookie of this site. If the page does not open, allow cookies for "
-            "this site and sign in again."
+            "HS desk keeps you signed in with a cookie of this site. If the page does not open, your browser keeps "
+            "no cookie for this site: allow cookies for it (without, a refresh signs you out)."
         )
 
 

@@ -46,7 +46,7 @@ def batch_screen(app_db, role: str = "broker") -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120).run()
     at.text_input(key="auth_username").input("bea")
     at.text_input(key="auth_password").input(PASSWORD)
-    at.button[0].click().run()
+    at.button[0].click().run().run()  # the page's next run (a browser reloads after sign-in)
     at.switch_page("screens/batch.py").run()
     assert not at.exception, at.exception
     assert at.title[0].value == "Classify a batch"
@@ -136,6 +136,6 @@ def test_reviewers_do_not_get_the_batch_screen(app_db, fake):
     at = AppTest.from_file(APP, default_timeout=120).run()
     at.text_input(key="auth_username").input("rita")
     at.text_input(key="auth_password").input(PASSWORD)
-    at.button[0].click().run()
+    at.button[0].click().run().run()  # the page's next run (a browser reloads after sign-in)
     with pytest.raises(ValueError, match=r"Known pages: \['/.*/screens/review.py'\]"):
         at.switch_page("screens/batch.py")

@@ -43,7 +43,7 @@ def admin_on_log(app_db) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60).run()
     at.text_input(key="auth_username").input("ada")
     at.text_input(key="auth_password").input(PASSWORD)
-    at.button[0].click().run()
+    at.button[0].click().run().run()  # the page's next run (a browser reloads after sign-in)
     at.switch_page("screens/decision_log.py").run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.title[0].value == "Decision log"

@@ -39,7 +39,7 @@ def history_screen(app_db) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120).run()
     at.text_input(key="auth_username").input("ada")
     at.text_input(key="auth_password").input(PASSWORD)
-    at.button[0].click().run()
+    at.button[0].click().run().run()  # the page's next run (a browser reloads after sign-in)
     at.switch_page("screens/history.py").run()
     assert not at.exception, at.exception
     assert at.title[0].value == "Classification history"

@@ -68,7 +68,7 @@ def sign_in(app_db, username: str, role: str) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60).run()
     at.text_input(key="auth_username").input(username)
     at.text_input(key="auth_password").input(PASSWORD)
-    at.button[0].click().run()
+    at.button[0].click().run().run()  # the page's next run (a browser reloads after sign-in)
     assert not at.exception and not at.error, [e.value for e in at.error]
     return at
 
@@ -200,7 +200,7 @@ def test_reject_sends_it_back_and_the_broker_resubmits(app_db):
     broker = AppTest.from_file(APP, default_timeout=60).run()
     broker.text_input(key="auth_username").input("bea")
     broker.text_input(key="auth_password").input(PASSWORD)
-    broker.button[0].click().run()
+    broker.button[0].click().run().run()  # the page's next run (a browser reloads after sign-in)
     broker.switch_page("screens/my_items.py").run()
     assert broker.title[0].value == "My items"
     assert list(broker.dataframe[0].value["Status"]) == ["rejected: resubmit"]
@@ -292,7 +292,7 @@ def test_an_admin_cannot_review_their_own_submission(app_db):
     at = AppTest.from_file(APP, default_timeout=60).run()
     at.text_input(key="auth_username").input("ada")
     at.text_input(key="auth_password").input(PASSWORD)
-    at.button[0].click().run()
+    at.button[0].click().run().run()  # the page's next run (a browser reloads after sign-in)
     at.switch_page("screens/review.py").run()
     assert "Bulk approve (0)" in tab_labels(at)  # own submissions are not offered in bulk
     at.button(key="review_approve").click().run()

@@ -63,7 +63,7 @@ def sign_in(app_db, username: str, role: str) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120).run()
     at.text_input(key="auth_username").input(username)
     at.text_input(key="auth_password").input(PASSWORD)
-    at.button[0].click().run()
+    at.button[0].click().run().run()  # the page's next run (a browser reloads after sign-in)
     assert not at.exception and not at.error, [e.value for e in at.error]
     return at
 
