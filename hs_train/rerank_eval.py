@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from hs_train.rerank import CONFIG_FILE, CrossEncoder, RerankConfig, code_side_texts, combine
 
@@ -38,8 +40,7 @@ LEVELS = (2, 4, 6)
 TUNE = ("UK parcels, val", "May 2026 rulings, full description", "May 2026 rulings, one-line")
 HELDOUT = (*TUNE, "UK parcels, test", "Myntra test, title only (500-row sample)")
 SHARED = ("HSCodeComp, text", "ATLAS validation, text")
-FIRST_STAGE_FILE = "first_stage.pt"
-SCORES_FILE = "scores.pt"
+FIRST_STAGE_FILE = "first_stage.safetensors"
 
 
 # -- 1. first stage ----------------------------------------------------------------------------------------------
@@ -147,11 +148,44 @@ def score_top(model: CrossEncoder, fs: dict, names: list[str], top: int, start: 
     return out
 
 
+def save_parts(obj: dict, path: Path) -> None:
+    """A nest of dicts holding tensors, strings and numbers, as safetensors (the tensors) + JSON in its metadata
+    (the rest): no pickle, so nothing in the file can run code when it is read back."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def strip(x: object, key: str) -> object:
+        if isinstance(x, torch.Tensor):
+            tensors[key] = x.contiguous()
+            return {"__tensor__": key}
+        if isinstance(x, dict):
+            return {k: strip(v, f"{key}/{k}") for k, v in x.items()}
+        return x
+
+    meta = strip(obj, "")
+    save_file(tensors, str(path), metadata={"json": json.dumps(meta)})
+
+
+def load_parts(path: Path) -> dict:
+    """What `save_parts` wrote."""
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["json"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has keys(), no iteration
+
+    def fill(x: object) -> object:
+        if isinstance(x, dict):
+            return tensors[x["__tensor__"]] if set(x) == {"__tensor__"} else {k: fill(v) for k, v in x.items()}
+        return x
+
+    out = fill(meta)
+    assert isinstance(out, dict)
+    return out
+
+
 def merge_scores(files: list[Path]) -> dict:
     """Score files -> one {condition: top, scores, seconds}, rank ranges joined in order (they must be contiguous)."""
     parts: dict[str, list[dict]] = {}
     for file in files:
-        for name, part in torch.load(file, weights_only=False).items():
+        for name, part in load_parts(file).items():
             parts.setdefault(name, []).append(part)
     out = {}
     for name, ps in parts.items():
@@ -464,15 +498,15 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.step == "first-stage":
-        torch.save(first_stage(args.model, args.data_dir, args.vote, args.shared), args.out / FIRST_STAGE_FILE)
+        save_parts(first_stage(args.model, args.data_dir, args.vote, args.shared), args.out / FIRST_STAGE_FILE)
         return
-    fs = torch.load(args.out / FIRST_STAGE_FILE, weights_only=False)
+    fs = load_parts(args.out / FIRST_STAGE_FILE)
     if args.step == "score":
         model = load_reranker(args.reranker, args.data_dir)
         names = args.conditions or [n for n in (*HELDOUT, *(SHARED if args.shared else ())) if n in fs]
-        torch.save(score_top(model, fs, names, args.top, args.start), args.out / f"scores{args.tag}.pt")
+        save_parts(score_top(model, fs, names, args.top, args.start), args.out / f"scores{args.tag}.safetensors")
         return
-    sc = merge_scores(sorted(args.out.glob("scores*.pt")))
+    sc = merge_scores(sorted(args.out.glob("scores*.safetensors")))
     timed = load_reranker(args.reranker, args.data_dir) if args.reranker else None
     res = report(fs, sc, args.ns, timed, args.model)
     out = args.results or args.out

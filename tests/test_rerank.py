@@ -113,15 +113,15 @@ def test_combination_rolls_up_to_headings_by_summing():
 
 
 def test_scores_of_deeper_ranks_join_the_first_run(tmp_path):
-    from hs_train.rerank_eval import merge_scores
+    from hs_train.rerank_eval import merge_scores, save_parts
 
     top = torch.arange(12).reshape(2, 6)
     first = {"c": {"top": top[:, :4], "scores": torch.ones(2, 4), "start": 0, "seconds": 1.0}}
     deeper = {"c": {"top": top[:, 4:], "scores": torch.zeros(2, 2), "start": 4, "seconds": 2.0}}
-    torch.save(first, tmp_path / "scores.pt")
-    torch.save(deeper, tmp_path / "scores-deep.pt")
-    merged = merge_scores([tmp_path / "scores-deep.pt", tmp_path / "scores.pt"])["c"]
+    save_parts(first, tmp_path / "scores.safetensors")
+    save_parts(deeper, tmp_path / "scores-deep.safetensors")
+    merged = merge_scores([tmp_path / "scores-deep.safetensors", tmp_path / "scores.safetensors"])["c"]
     assert torch.equal(merged["top"], top) and merged["scores"][:, :4].eq(1).all() and merged["seconds"] == 3.0
-    torch.save({"c": {**deeper["c"], "start": 5}}, tmp_path / "scores-deep.pt")
+    save_parts({"c": {**deeper["c"], "start": 5}}, tmp_path / "scores-deep.safetensors")
     with pytest.raises(ValueError, match="contiguous"):
-        merge_scores([tmp_path / "scores.pt", tmp_path / "scores-deep.pt"])
+        merge_scores([tmp_path / "scores.safetensors", tmp_path / "scores-deep.safetensors"])
