@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import time
 from pathlib import Path
 
@@ -33,6 +34,33 @@ from hs_train.precedents_eval import (
 log = logging.getLogger(__name__)
 
 
+def heldout_conditions(
+    data: Path, may: list[dict] | None = None, myntra_rows: int | None = None
+) -> dict[str, tuple[list[str], list[str]]]:
+    """{condition: (texts, gold codes)} of the held-out splits: UK parcels val and test, the May 2026 rulings (full
+    description and one-line form), Myntra test titles (the rows with a photo; a fixed sample of `myntra_rows`,
+    seed 0, when given)."""
+    if may is None:
+        may = [r for r in load_rulings(data) if r["date"] >= "2026-05-01"]
+    uk = load_uk_parcels(data)
+    uk_split = {s: [e for e in uk if split_of(e.text or e.id) == s] for s in ("val", "test")}
+    myntra = [e for e in load_myntra(data, "test") if e.images]
+    name = "Myntra test, title only"
+    if myntra_rows is not None:
+        keep = sorted(random.Random(0).sample(range(len(myntra)), min(myntra_rows, len(myntra))))
+        myntra, name = [myntra[i] for i in keep], f"{name} ({myntra_rows}-row sample)"
+    return {
+        "UK parcels, val": ([e.text or "" for e in uk_split["val"]], [e.hs for e in uk_split["val"]]),
+        "UK parcels, test": ([e.text or "" for e in uk_split["test"]], [e.hs for e in uk_split["test"]]),
+        "May 2026 rulings, full description": (
+            [" ".join(r["description"].split()) for r in may],
+            [r["hs6"] for r in may],
+        ),
+        "May 2026 rulings, one-line": ([r["short"] for r in may], [r["hs6"] for r in may]),
+        name: ([e.text or "" for e in myntra], [e.hs for e in myntra]),
+    }
+
+
 def compare(models: dict[str, Path], data: Path, results_file: Path) -> dict:
     chosen = json.loads(results_file.read_text())
     cfg = VoteConfig.from_dict(chosen["chosen"])
@@ -41,19 +69,7 @@ def compare(models: dict[str, Path], data: Path, results_file: Path) -> dict:
     early = [r for r in rulings if r["date"] < "2026-05-01"]
     may = [r for r in rulings if r["date"] >= "2026-05-01"]
     entries = ruling_entries(early) + training_entries(data, ("train",), ("train",), weak)
-    uk = load_uk_parcels(data)
-    uk_split = {s: [e for e in uk if split_of(e.text or e.id) == s] for s in ("val", "test")}
-    myntra = [e for e in load_myntra(data, "test") if e.images]
-    conditions = {
-        "UK parcels, val": ([e.text or "" for e in uk_split["val"]], [e.hs for e in uk_split["val"]]),
-        "UK parcels, test": ([e.text or "" for e in uk_split["test"]], [e.hs for e in uk_split["test"]]),
-        "May 2026 rulings, full description": (
-            [" ".join(r["description"].split()) for r in may],
-            [r["hs6"] for r in may],
-        ),
-        "May 2026 rulings, one-line": ([r["short"] for r in may], [r["hs6"] for r in may]),
-        "Myntra test, title only": ([e.text or "" for e in myntra], [e.hs for e in myntra]),
-    }
+    conditions = heldout_conditions(data, may)
     out: dict = {"vote_config": chosen["chosen"], "index_rows": len(entries), "models": {}, "conditions": {}}
     base: Classifier | None = None
     for name, folder in models.items():

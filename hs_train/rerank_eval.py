@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import os
-import random
 import statistics
 import time
 from pathlib import Path
@@ -44,34 +43,11 @@ FIRST_STAGE_FILE = "first_stage.safetensors"
 
 
 # -- 1. first stage ----------------------------------------------------------------------------------------------
-def heldout_conditions(data: Path, myntra_rows: int = 500) -> dict[str, tuple[list[str], list[str]]]:
-    from hs_train.datasets import load_myntra, load_uk_parcels, split_of
-    from hs_train.precedents_eval import load_rulings
-
-    may = [r for r in load_rulings(data) if r["date"] >= "2026-05-01"]
-    uk = load_uk_parcels(data)
-    split = {s: [e for e in uk if split_of(e.text or e.id) == s] for s in ("val", "test")}
-    myntra = [e for e in load_myntra(data, "test") if e.images]  # as heldout_compare: the rows with a photo
-    sample = sorted(random.Random(0).sample(range(len(myntra)), min(myntra_rows, len(myntra))))
-    return {
-        "UK parcels, val": ([e.text or "" for e in split["val"]], [e.hs for e in split["val"]]),
-        "UK parcels, test": ([e.text or "" for e in split["test"]], [e.hs for e in split["test"]]),
-        "May 2026 rulings, full description": (
-            [" ".join(r["description"].split()) for r in may],
-            [r["hs6"] for r in may],
-        ),
-        "May 2026 rulings, one-line": ([r["short"] for r in may], [r["hs6"] for r in may]),
-        "Myntra test, title only (500-row sample)": (
-            [myntra[i].text or "" for i in sample],
-            [myntra[i].hs for i in sample],
-        ),
-    }
-
-
 def first_stage(model_dir: Path, data: Path, results_file: Path, shared: bool) -> dict:
     """{condition: {texts, golds, log_p6 [N, S]}} for the held-out conditions (and the shared eval files)."""
     from hs_model.precedents import VoteConfig, code_tables, fuse_log_probs
     from hs_model.predict import Classifier, Query
+    from hs_train.heldout_compare import heldout_conditions
     from hs_train.precedents_eval import (
         _joint_view,
         build_index,
@@ -93,7 +69,7 @@ def first_stage(model_dir: Path, data: Path, results_file: Path, shared: bool) -
     tables = code_tables(clf.space.subheadings)
     m = clf.model
     out: dict = {"version": clf.version, "index_rows": len(entries)}
-    for name, (texts, golds) in heldout_conditions(data).items():
+    for name, (texts, golds) in heldout_conditions(data, myntra_rows=500).items():
         cond = make_cond(clf, name, texts, golds)
         nb = index.neighbours(cond.raw if cfg.space == "raw" else cond.joint_text, cond.texts, cfg)
         votes = index.vote(nb, tables, cfg)[0]
