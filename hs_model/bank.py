@@ -91,15 +91,28 @@ def build_official_bank(
     bridge_prompt: str = DEFAULT_BRIDGE_PROMPT,
 ) -> LabelBank:
     """One prototype per subheading from its own official text, plus heading, chapter and class-name texts."""
+    sub, head, chap, names = (
+        _cached(tower, texts, tag, use_cache) for texts, tag in _bank_parts(space, edition, bridge_prompt)
+    )
+    return LabelBank(
+        text_emb=sub,
+        text_code=torch.arange(len(space.subheadings)),
+        heading_emb=head,
+        chapter_emb=chap,
+        class_name_emb=names,
+    )
+
+
+def _bank_parts(space: LabelSpace, edition: str, bridge_prompt: str) -> list[tuple[list[str], str]]:
+    """The official bank's four parts as (texts, tag): subheadings, headings, chapters, ImageNet class names."""
     subs, heads, chaps = official_label_texts(space)
     tag = f"official-{edition}"
-    return LabelBank(
-        text_emb=_cached(tower, subs, f"{tag}-sub", use_cache),
-        text_code=torch.arange(len(space.subheadings)),
-        heading_emb=_cached(tower, heads, f"{tag}-head", use_cache),
-        chapter_emb=_cached(tower, chaps, f"{tag}-chap", use_cache),
-        class_name_emb=class_name_embeddings(tower, bridge_prompt, use_cache),
-    )
+    return [
+        (subs, f"{tag}-sub"),
+        (heads, f"{tag}-head"),
+        (chaps, f"{tag}-chap"),
+        (class_name_texts(bridge_prompt), "names"),
+    ]
 
 
 def with_extra_prototypes(
@@ -122,12 +135,9 @@ def _slug(name: str) -> str:
 def ship_official_bank(tower: TextTower, space: LabelSpace, edition: str, folder: Path = SHIPPED_DIR) -> list[Path]:
     """Write the official bank and the class-name vectors of `tower` to `folder` as float16 (about 6 MB), under
     the names `_cached` looks for; returns the files written."""
-    subs, heads, chaps = official_label_texts(space)
-    tag = f"official-{edition}"
-    parts = [(subs, f"{tag}-sub"), (heads, f"{tag}-head"), (chaps, f"{tag}-chap"), (class_name_texts(), "names")]
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for texts, part in parts:
+    for texts, part in _bank_parts(space, edition, DEFAULT_BRIDGE_PROMPT):
         path = folder / _file_name(tower, texts, part)
         emb = _cached(tower, texts, part, use_cache=True)
         save_file({"emb": emb.half().contiguous()}, str(path))

@@ -49,10 +49,9 @@ from hs_model.questions import (
 )
 from hs_train.datasets import _read_jsonl, convert_atlas, convert_hscodecomp, load_uk_parcels, split_of
 from hs_train.evaluate import expected_calibration_error
-from hs_train.precedents_eval import load_rulings
+from hs_train.precedents_eval import HELD_OUT_FROM, load_rulings, split_rulings
 
 log = logging.getLogger("hs_train.guided_eval")
-HELD_OUT_FROM = "2026-05-01"  # rulings from this date on are held out of training (and here of the vote)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +86,7 @@ def uk_rows(data_dir: Path, split: str) -> list[Row]:
 
 def may_rulings_rows(data_dir: Path) -> list[Row]:
     """CBP rulings of May 2026 in their one-line form (held out of the training by date)."""
-    return [Row(r["short"], r["hs6"], {}) for r in load_rulings(data_dir) if r["date"] >= HELD_OUT_FROM and r["short"]]
+    return [Row(r["short"], r["hs6"], {}) for r in split_rulings(load_rulings(data_dir))[1] if r["short"]]
 
 
 def hold_out_precedents(classifier: Classifier, data_dir: Path) -> int:

@@ -28,6 +28,7 @@ from hs_train.precedents_eval import (
     load_rulings,
     make_cond,
     ruling_entries,
+    split_rulings,
     training_entries,
 )
 
@@ -41,7 +42,7 @@ def heldout_conditions(
     description and one-line form), Myntra test titles (the rows with a photo; a fixed sample of `myntra_rows`,
     seed 0, when given)."""
     if may is None:
-        may = [r for r in load_rulings(data) if r["date"] >= "2026-05-01"]
+        may = split_rulings(load_rulings(data))[1]
     uk = load_uk_parcels(data)
     uk_split = {s: [e for e in uk if split_of(e.text or e.id) == s] for s in ("val", "test")}
     myntra = [e for e in load_myntra(data, "test") if e.images]
@@ -66,8 +67,7 @@ def compare(models: dict[str, Path], data: Path, results_file: Path) -> dict:
     cfg = VoteConfig.from_dict(chosen["chosen"])
     weak = chosen.get("weak_min_score")
     rulings = load_rulings(data)
-    early = [r for r in rulings if r["date"] < "2026-05-01"]
-    may = [r for r in rulings if r["date"] >= "2026-05-01"]
+    early, may = split_rulings(rulings)
     entries = ruling_entries(early) + training_entries(data, ("train",), ("train",), weak)
     conditions = heldout_conditions(data, may)
     out: dict = {"vote_config": chosen["chosen"], "index_rows": len(entries), "models": {}, "conditions": {}}

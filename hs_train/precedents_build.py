@@ -17,7 +17,14 @@ from pathlib import Path
 
 from hs_model.precedents import INDEX_CARD, INDEX_FILE, VoteConfig
 from hs_model.predict import Classifier
-from hs_train.precedents_eval import _joint_view, build_index, load_rulings, ruling_entries, training_entries
+from hs_train.precedents_eval import (
+    _joint_view,
+    build_index,
+    load_rulings,
+    ruling_entries,
+    split_rulings,
+    training_entries,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     clf = Classifier(args.model)
     rulings = load_rulings(args.data_dir)
     # the held-out experiment's index first (same texts: its cached vectors are reused), then what it held out
-    early = ruling_entries([r for r in rulings if r["date"] < "2026-05-01"])
+    held_in, held_out = split_rulings(rulings)
+    early = ruling_entries(held_in)
     entries = early + training_entries(args.data_dir, ("train",), ("train",), weak)
-    more = ruling_entries([r for r in rulings if r["date"] >= "2026-05-01"]) + training_entries(
-        args.data_dir, ("val",), ("val",), None, brands=False
-    )
+    more = ruling_entries(held_out) + training_entries(args.data_dir, ("val",), ("val",), None, brands=False)
     index = build_index(clf, entries, f"heldout-w{weak}", cfg.lexical_scheme, more=more)
     if cfg.space == "joint":  # the vectors the vote compares live in the model's adapted text space
         index = _joint_view(index, clf)

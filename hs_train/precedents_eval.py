@@ -74,6 +74,14 @@ def load_rulings(data_dir: Path) -> list[dict]:
     return rows
 
 
+HELD_OUT_FROM = "2026-05-01"  # rulings from this date on are held out of training and tuning (the last month)
+
+
+def split_rulings(rulings: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(rulings the model and the held-out index may learn from, the held-out ones: May 2026), by date."""
+    return [r for r in rulings if r["date"] < HELD_OUT_FROM], [r for r in rulings if r["date"] >= HELD_OUT_FROM]
+
+
 def ruling_entries(rulings: list[dict]) -> list[Entry]:
     out = []
     for r in rulings:
@@ -306,8 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     tables = code_tables(clf.space.subheadings)
 
     rulings = load_rulings(data)
-    early = [r for r in rulings if r["date"] < "2026-05-01"]
-    may = [r for r in rulings if r["date"] >= "2026-05-01"]
+    early, may = split_rulings(rulings)
     base = training_entries(data, ("train",), ("train",), args.weak_min_score)
     entries = ruling_entries(early) + base
     tag = f"heldout-w{args.weak_min_score}"

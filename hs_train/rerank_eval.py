@@ -54,6 +54,7 @@ def first_stage(model_dir: Path, data: Path, results_file: Path, shared: bool) -
         load_rulings,
         make_cond,
         ruling_entries,
+        split_rulings,
         training_entries,
     )
 
@@ -61,7 +62,7 @@ def first_stage(model_dir: Path, data: Path, results_file: Path, shared: bool) -
     cfg = VoteConfig.from_dict(chosen["chosen"])
     weak = chosen.get("weak_min_score")
     clf = Classifier(model_dir)
-    early = [r for r in load_rulings(data) if r["date"] < "2026-05-01"]
+    early = split_rulings(load_rulings(data))[0]
     entries = ruling_entries(early) + training_entries(data, ("train",), ("train",), weak)
     index = build_index(clf, entries, f"heldout-w{weak}", cfg.lexical_scheme)
     if cfg.space == "joint":

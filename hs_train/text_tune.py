@@ -142,7 +142,7 @@ def training_pools(data_dir: Path, cfg: TuneConfig, extra_texts: list[str], extr
     """The three training pools: real descriptions, label texts, Myntra titles (training splits only)."""
     from hs_train.datasets import load_myntra, load_uk_brands, load_uk_parcels, load_uk_weak, split_of
     from hs_train.label_texts import code_texts
-    from hs_train.precedents_eval import load_rulings
+    from hs_train.precedents_eval import load_rulings, split_rulings
     from hs_train.train import prototype_text
 
     held = heldout_texts(data_dir)
@@ -156,9 +156,7 @@ def training_pools(data_dir: Path, cfg: TuneConfig, extra_texts: list[str], extr
             texts.append(e.text)
             codes.append(e.hs)
     n_rulings = 0
-    for r in load_rulings(data_dir):
-        if r["date"] >= "2026-05-01":
-            continue  # May 2026 is held out
+    for r in split_rulings(load_rulings(data_dir))[0]:  # May 2026 is held out
         for form in ("description", "short"):
             text = " ".join(str(r.get(form) or "").split())
             if text:
@@ -191,10 +189,10 @@ def training_pools(data_dir: Path, cfg: TuneConfig, extra_texts: list[str], extr
 def heldout_conditions(data_dir: Path) -> dict[str, Pool]:
     """What the tuning is measured on (never trained on): UK parcels val/test, May 2026 rulings, Myntra val/test."""
     from hs_train.datasets import load_myntra, load_uk_parcels, split_of
-    from hs_train.precedents_eval import load_rulings
+    from hs_train.precedents_eval import load_rulings, split_rulings
 
     uk = load_uk_parcels(data_dir)
-    may = [r for r in load_rulings(data_dir) if r["date"] >= "2026-05-01"]
+    may = split_rulings(load_rulings(data_dir))[1]
     out = {}
     for split in ("val", "test"):
         rows = [e for e in uk if split_of(e.text or e.id) == split and e.text]
