@@ -5,8 +5,11 @@ that catches what embeddings blur: model and CAS numbers, brand and stone names)
 for heading-only labels) and where it came from. A query's neighbours are ranked by a hybrid similarity
 h = (1 - lam) * cosine + lam * lexical; the top k with h above a floor vote, weighted by (h - floor), into
 chapters, headings and subheadings; the votes are added to the model's log-probabilities of the subheadings
-(log p + b6 v6 + b4 v4[heading] + b2 v2[chapter]) and renormalised at a fitted temperature. With no text, or no
-neighbour above the floor, the result is exactly the model's own distribution. Database-free; numpy + scipy + torch.
+(log p + b6 v6 + b4 v4[heading] + b2 v2[chapter]) and renormalised at a fitted temperature. A long description (a
+ruling's full text: at least `long_words` words) is read differently: the text tower sees only its first 128 tokens
+while the lexical score reads every word, so its neighbours are ranked with more lexical weight and the model's
+log-probabilities count less (`long_lexical_weight`, `long_model_weight`). With no text, or no neighbour above the
+floor, the result is exactly the model's own distribution. Database-free; numpy + scipy + torch.
 """
 
 from __future__ import annotations
@@ -50,6 +53,13 @@ class VoteConfig:
     beta4: float = 0.0
     beta2: float = 0.0
     temperature: float = 1.0
+    long_words: int = 0  # descriptions of at least this many words are "long" (0: one regime for all)
+    long_lexical_weight: float = 0.5  # lam for long descriptions
+    long_model_weight: float = 1.0  # the model's log P counts this much for long descriptions
+
+    def lexical_weights(self, long_rows: np.ndarray) -> np.ndarray:
+        """[Q] the lexical weight of each query (long descriptions take `long_lexical_weight`)."""
+        return np.where(long_rows, self.long_lexical_weight, self.lexical_weight).astype(np.float32)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> VoteConfig:
@@ -86,15 +96,27 @@ class AddReport:
 
 @dataclass
 class Neighbours:
-    """Per query, the hybrid-ranked neighbours: index rows [Q, C] (-1 = none) and their cos / lexical scores."""
+    """Per query, the hybrid-ranked neighbours: index rows [Q, C] (-1 = none) and their cos / lexical scores, and the
+    query's length in words (what makes a description long)."""
 
     idx: np.ndarray
     cos: np.ndarray
     lex: np.ndarray
+    words: np.ndarray | None = None  # [Q]; None: every query counts as short
 
-    def hybrid(self, lam: float) -> np.ndarray:
+    def hybrid(self, lam: float | np.ndarray) -> np.ndarray:
+        """[Q, C] hybrid similarities; `lam` one weight or one per query [Q]."""
+        lam = np.asarray(lam, dtype=np.float32)
+        if lam.ndim == 1:
+            lam = lam[:, None]
         h = (1 - lam) * self.cos + lam * self.lex
         return np.where(self.idx >= 0, h, -np.inf)
+
+    def long_rows(self, cfg: VoteConfig) -> np.ndarray:
+        """[Q] bool: the queries `cfg` reads as long descriptions."""
+        if cfg.long_words <= 0 or self.words is None:
+            return np.zeros(len(self.idx), dtype=bool)
+        return self.words >= cfg.long_words
 
 
 @dataclass
@@ -217,9 +239,10 @@ class PrecedentIndex:
         q = len(query_texts)
         c = cfg.candidates
         n = self._n  # a snapshot: rows added meanwhile are seen by the next query
+        words = np.array([len(t.split()) for t in query_texts], dtype=np.int64)
         if n == 0 or q == 0:
             empty = np.full((q, 1), -1, dtype=np.int64)
-            return Neighbours(empty, np.zeros((q, 1), np.float32), np.zeros((q, 1), np.float32))
+            return Neighbours(empty, np.zeros((q, 1), np.float32), np.zeros((q, 1), np.float32), words)
         qe = torch.nn.functional.normalize(query_emb.float(), dim=-1)
         has = (query_emb.float().norm(dim=-1) > 0).numpy()
         kc = min(c, n)
@@ -235,7 +258,8 @@ class PrecedentIndex:
         if lexical_hits is not None:
             lex_idx, lex_val = lexical_hits
         else:
-            lex_idx, lex_val = self.lexical.search(query_texts, kc) if cfg.lexical_weight > 0 else (None, None)
+            lexical = cfg.lexical_weight > 0 or (cfg.long_words > 0 and cfg.long_lexical_weight > 0)
+            lex_idx, lex_val = self.lexical.search(query_texts, kc) if lexical else (None, None)
         idx = np.full((q, 2 * kc), -1, dtype=np.int64)
         cos = np.zeros((q, 2 * kc), dtype=np.float32)
         lex = np.zeros((q, 2 * kc), dtype=np.float32)
@@ -257,7 +281,7 @@ class PrecedentIndex:
                 cos[r, : len(rows)] = (self.emb[torch.from_numpy(rows)].float() @ qe[r]).numpy()
             lex[r, : len(rows)] = [lexmap.get(j, 0.0) for j in rows.tolist()]
         # lexical scores of embedding-found rows the lexical top list missed are left 0: a lower bound
-        return Neighbours(idx, cos, lex)
+        return Neighbours(idx, cos, lex, words)
 
     def _ivf_search(self, qe: torch.Tensor, n: int, k: int, nprobe: int) -> torch.Tensor:
         """Inverted-file search: the rows of the `nprobe` lists whose centroids are nearest, ranked exactly."""
@@ -322,7 +346,7 @@ class PrecedentIndex:
         space_codes: per level, code -> index in the label space's order.
         """
         cfg = cfg or self.config
-        h = nb.hybrid(cfg.lexical_weight)
+        h = nb.hybrid(cfg.lexical_weights(nb.long_rows(cfg)))
         k = min(cfg.k, h.shape[1])
         order = np.argsort(-h, axis=1, kind="stable")[:, :k]
         chosen = np.take_along_axis(nb.idx, order, 1)
@@ -427,11 +451,14 @@ def fuse_log_probs(
     sub_to_head: torch.Tensor,
     sub_to_chap: torch.Tensor,
     text_weight: torch.Tensor | None = None,
+    long_rows: np.ndarray | None = None,
 ) -> torch.Tensor:
     """Model log P(subheading) [Q, S] + the votes -> fused log P [Q, S]; rows without votes keep log_p6 exactly.
 
     text_weight [Q]: the model's gate on the description (1 for text alone, lower when a photo carries the item):
-    precedents are found through the description, so they count as much as the model trusts it."""
+    precedents are found through the description, so they count as much as the model trusts it.
+    long_rows [Q] bool (`Neighbours.long_rows(cfg)`): long descriptions, whose model term counts `long_model_weight`.
+    """
     q, s = log_p6.shape
     add = torch.zeros(q, s, dtype=torch.float32)
     for level, beta, parent in ((6, cfg.beta6, None), (4, cfg.beta4, sub_to_head), (2, cfg.beta2, sub_to_chap)):
@@ -445,7 +472,12 @@ def fuse_log_probs(
     voted = voted_rows(votes, q)
     if text_weight is not None:
         add = add * text_weight.float().cpu()[:, None]
-    z = log_p6.float() + add
+    model = log_p6.float()
+    if long_rows is not None and cfg.long_model_weight != 1.0:
+        model = torch.where(
+            torch.from_numpy(np.asarray(long_rows, dtype=bool))[:, None], cfg.long_model_weight * model, model
+        )
+    z = model + add
     fused = torch.where(voted[:, None], torch.log_softmax(z / cfg.temperature, dim=-1), log_p6.float())
     return fused
 

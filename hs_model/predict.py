@@ -323,7 +323,13 @@ class Classifier:
         votes, chosen, sims, weights = index.vote(nb, self._code_tables)
         m = self.model
         fused = fuse_log_probs(
-            log_p6.float().cpu(), votes, index.config, m.sub_to_head.cpu(), m.sub_to_chap.cpu(), text_gate
+            log_p6.float().cpu(),
+            votes,
+            index.config,
+            m.sub_to_head.cpu(),
+            m.sub_to_chap.cpu(),
+            text_gate,
+            nb.long_rows(index.config),
         )
         evidence = [index.evidence(chosen, sims, weights, i) for i in range(len(texts))]
         voted = [bool((weights[i] > 0).any()) for i in range(len(texts))]

@@ -90,7 +90,7 @@ def bench(n: int, queries: int = 50) -> dict:
         t = time.perf_counter()
         nb = index.neighbours(qv[i : i + 1], qt[i : i + 1])
         votes, *_ = index.vote(nb, tables)
-        fuse_log_probs(log_p, votes, index.config, heads, chaps)
+        fuse_log_probs(log_p, votes, index.config, heads, chaps, long_rows=nb.long_rows(index.config))
         times.append((time.perf_counter() - t) * 1000)
     del ivf_s
     times.sort()

@@ -200,13 +200,31 @@ def vote_only_scores(
     return out, out[2].sum(1) > 0
 
 
-def fit_combiner(parts: list[tuple[Cond, dict]], cfg: VoteConfig, clf: Classifier, max_rows: int = 300) -> VoteConfig:
-    """Fit beta6, beta4, beta2 and the temperature by mean NLL over the tuning conditions (each weighs the same).
+def fuse_cond(index: PrecedentIndex, cond: Cond, nb: Neighbours, cfg: VoteConfig, tables, clf: Classifier):
+    """A condition's fused log P(subheading) under `cfg`: the vote and the fusion exactly as the product runs them."""
+    votes = index.vote(nb, tables, cfg)[0]
+    m = clf.model
+    return fuse_log_probs(cond.log_p6, votes, cfg, m.sub_to_head, m.sub_to_chap, cond.gate, nb.long_rows(cfg))
+
+
+def fit_combiner(
+    index: PrecedentIndex,
+    parts: list[tuple[Cond, Neighbours]],
+    cfg: VoteConfig,
+    tables,
+    clf: Classifier,
+    max_rows: int = 300,
+) -> VoteConfig:
+    """Fit beta6, beta4, beta2 and the temperature by mean NLL over the tuning conditions (each weighs the same);
+    the retrieval settings and the long-description regime of `cfg` are kept.
 
     Only rows with votes can move (the others keep the model's distribution), so only those enter the fit."""
     m = clf.model
     prepared = []
-    for cond, votes in parts:
+    for cond, nb in parts:
+        votes = index.vote(nb, tables, cfg)[0]
+        long_rows = torch.from_numpy(nb.long_rows(cfg))
+        log_p6 = torch.where(long_rows[:, None], cfg.long_model_weight * cond.log_p6, cond.log_p6)
         voted = voted_rows(votes, len(cond.golds))
         rows = voted.nonzero().flatten()
         if len(rows) == 0:
@@ -218,7 +236,7 @@ def fit_combiner(parts: list[tuple[Cond, dict]], cfg: VoteConfig, clf: Classifie
         pos = {c: i for i, c in enumerate(clf.space.codes(level))}
         gold = torch.tensor([pos.get(cond.golds[i][:level], -1) for i in rows.tolist()])
         ok = gold >= 0
-        prepared.append((cond.log_p6[rows][ok], v[:, rows][:, ok], gold[ok], len(cond.golds), level))
+        prepared.append((log_p6[rows][ok], v[:, rows][:, ok], gold[ok], len(cond.golds), level))
     if not prepared:
         return cfg
     params = torch.tensor([0.0, 0.0, 0.0, 0.0], requires_grad=True)  # beta6, beta4, beta2, log temperature
@@ -277,8 +295,7 @@ def review(log_p6: torch.Tensor, golds: list[str], clf: Classifier) -> dict:
 
 def evaluate_cond(index, cond: Cond, nb: Neighbours, cfg: VoteConfig, tables, clf) -> dict:
     votes, *_ = index.vote(nb, tables, cfg)
-    m = clf.model
-    fused = fuse_log_probs(cond.log_p6, votes, cfg, m.sub_to_head, m.sub_to_chap, cond.gate)
+    fused = fuse_cond(index, cond, nb, cfg, tables, clf)
     voted = int(voted_rows(votes, len(cond.golds)).sum())
     return {
         "rows": len(cond.golds),
@@ -306,6 +323,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lams", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="lexical weights")
     ap.add_argument("--floors", type=float, nargs="+", default=[0.0, 0.2], help="hybrid similarity floors")
     ap.add_argument("--ks", type=int, nargs="+", default=[5], help="neighbours that vote")
+    ap.add_argument(
+        "--long-words", type=int, nargs="+", default=[0, 40, 64], help="long-description thresholds (0: none)"
+    )
+    ap.add_argument("--long-lams", type=float, nargs="+", default=[0.5, 0.75, 1.0], help="lexical weights, long")
+    ap.add_argument("--long-model-weights", type=float, nargs="+", default=[1.0, 0.6, 0.3], help="model term, long")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     t0 = time.time()
@@ -380,12 +402,9 @@ def main(argv: list[str] | None = None) -> None:
     for scheme, space, lam, floor, k in itertools.product(schemes, spaces, lams, floors, ks):
         cfg = VoteConfig(k=k, lexical_weight=lam, lexical_scheme=scheme, min_similarity=floor, space=space)  # type: ignore[arg-type]
         index = indexes[scheme]
-        parts = [(c, index.vote(nbs[scheme, space, c.name], tables, cfg)[0]) for c in tune]
-        fitted = fit_combiner(parts, cfg, clf)
-        accs = []
-        for c, votes in parts:
-            fused = fuse_log_probs(c.log_p6, votes, fitted, clf.model.sub_to_head, clf.model.sub_to_chap, c.gate)
-            accs.append(accuracy(level_probs(fused, clf), c.golds, clf)["hs4_top1"])
+        parts = [(c, nbs[scheme, space, c.name]) for c in tune]
+        fitted = fit_combiner(index, parts, cfg, tables, clf)
+        accs = [tune_hs4(index, c, nb, fitted, tables, clf) for c, nb in parts]
         row = {**asdict(fitted), "tune_hs4": accs, "tune_mean_hs4": float(np.mean(accs))}
         results["grid"].append(row)
         if best is None or row["tune_mean_hs4"] > best[0]["tune_mean_hs4"]:
@@ -393,13 +412,32 @@ def main(argv: list[str] | None = None) -> None:
         log.info("%s %s lam=%.2f floor=%.2f k=%d -> %s", scheme, space, lam, floor, k, [round(a, 3) for a in accs])
     assert best is not None  # every grid option takes one value at least (nargs="+")
     row, cfg, space = best
+    base = cfg
+    # second stage, the base settings kept: how long descriptions (a ruling's full text) are read
+    index = indexes[cfg.lexical_scheme]
+    results["long_grid"] = []
+    longs = [
+        replace(base, long_words=w, long_lexical_weight=lam, long_model_weight=a)
+        for w, lam, a in itertools.product(args.long_words, args.long_lams, args.long_model_weights)
+        if w > 0
+    ]
+    for choice in longs:
+        parts = [(c, nbs[choice.lexical_scheme, space, c.name]) for c in tune]
+        fitted = fit_combiner(index, parts, choice, tables, clf)
+        accs = [tune_hs4(index, c, nb, fitted, tables, clf) for c, nb in parts]
+        long_row = {**asdict(fitted), "tune_hs4": accs, "tune_mean_hs4": float(np.mean(accs))}
+        results["long_grid"].append(long_row)
+        log.info("long %s -> %s", (choice.long_words, choice.long_lexical_weight, choice.long_model_weight), accs)
+        if long_row["tune_mean_hs4"] > row["tune_mean_hs4"]:
+            row, cfg = long_row, fitted
     results["chosen"] = row
     log.info("chosen: %s", row)
-    index = indexes[cfg.lexical_scheme]
     for name, cond in conds.items():
         results["conditions"][name] = evaluate_cond(index, cond, nbs[cfg.lexical_scheme, space, name], cfg, tables, clf)
         log.info("%s: %s", name, results["conditions"][name])
-    results["crossfit_may"] = crossfit(index, tune, nbs, cfg, space, tables, clf)
+    # May scored with what was chosen without it: the combiner only (base settings), then the long regime too
+    results["crossfit_may_base"] = crossfit(index, tune, nbs, [base], space, tables, clf)
+    results["crossfit_may"] = crossfit(index, tune, nbs, [base, *longs], space, tables, clf)
     results["seconds"] = time.time() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     results["weak_min_score"] = args.weak_min_score
@@ -416,28 +454,38 @@ def _joint_view(index: PrecedentIndex, clf: Classifier) -> PrecedentIndex:
     return view
 
 
-def crossfit(index, tune: list[Cond], nbs, cfg: VoteConfig, space: str, tables, clf, folds: int = 5) -> dict:
-    """May rulings with the combiner's weights fitted on the other folds only (retrieval settings kept)."""
-    out = {}
-    rng = np.random.default_rng(0)
-    n_may = len(tune[0].golds)
-    fold_of = rng.integers(0, folds, n_may)
-    for target in (0, 1):
-        fused_all = torch.zeros_like(tune[target].log_p6)
-        for f in range(folds):
-            tr, te = np.nonzero(fold_of != f)[0], np.nonzero(fold_of == f)[0]
+def tune_hs4(index: PrecedentIndex, cond: Cond, nb: Neighbours, cfg: VoteConfig, tables, clf: Classifier) -> float:
+    return accuracy(level_probs(fuse_cond(index, cond, nb, cfg, tables, clf), clf), cond.golds, clf)["hs4_top1"]
+
+
+def crossfit(index, tune: list[Cond], nbs, choices: list[VoteConfig], space: str, tables, clf, folds: int = 5) -> dict:
+    """May rulings scored with settings chosen without them: on each of `folds` folds of the May rulings, every
+    choice's combiner is fitted on the other folds (+ the other tuning conditions), the best by mean HS4 there is
+    kept, and the fold is scored with it. One choice: only the combiner's weights are cross-fitted."""
+    fold_of = np.random.default_rng(0).integers(0, folds, len(tune[0].golds))
+    fused_all = {target: torch.zeros_like(tune[target].log_p6) for target in (0, 1)}
+    picked = []
+    for f in range(folds):
+        tr, te = np.nonzero(fold_of != f)[0], np.nonzero(fold_of == f)[0]
+        best: tuple[float, VoteConfig] | None = None
+        for cfg in choices:
             parts = []
             for i, c in enumerate(tune):
                 rows = tr if i < 2 else np.arange(len(c.golds))  # May long and short share the rulings' order
-                nb = _rows_nb(nbs[cfg.lexical_scheme, space, c.name], rows)
-                parts.append((_rows(c, rows), index.vote(nb, tables, cfg)[0]))
-            fitted = fit_combiner(parts, cfg, clf)
-            c = _rows(tune[target], te)
-            votes = index.vote(_rows_nb(nbs[cfg.lexical_scheme, space, tune[target].name], te), tables, fitted)[0]
-            fused_all[torch.from_numpy(te)] = fuse_log_probs(
-                c.log_p6, votes, fitted, clf.model.sub_to_head, clf.model.sub_to_chap, c.gate
-            )
-        out[tune[target].name] = accuracy(level_probs(fused_all, clf), tune[target].golds, clf)
+                parts.append((_rows(c, rows), _rows_nb(nbs[cfg.lexical_scheme, space, c.name], rows)))
+            fitted = fit_combiner(index, parts, cfg, tables, clf)
+            mean = float(np.mean([tune_hs4(index, c, nb, fitted, tables, clf) for c, nb in parts]))
+            if best is None or mean > best[0]:
+                best = (mean, fitted)
+        assert best is not None  # at least one choice
+        fitted = best[1]
+        picked.append({k: getattr(fitted, k) for k in ("long_words", "long_lexical_weight", "long_model_weight")})
+        for target in (0, 1):
+            nb = _rows_nb(nbs[fitted.lexical_scheme, space, tune[target].name], te)
+            fused = fuse_cond(index, _rows(tune[target], te), nb, fitted, tables, clf)
+            fused_all[target][torch.from_numpy(te)] = fused
+    out: dict = {tune[t].name: accuracy(level_probs(fused_all[t], clf), tune[t].golds, clf) for t in (0, 1)}
+    out["picked"] = picked
     return out
 
 
@@ -457,7 +505,7 @@ def _rows(c: Cond, rows: np.ndarray) -> Cond:
 def _rows_nb(nb: Neighbours, rows) -> Neighbours:
     if rows is None:
         return nb
-    return Neighbours(nb.idx[rows], nb.cos[rows], nb.lex[rows])
+    return Neighbours(nb.idx[rows], nb.cos[rows], nb.lex[rows], None if nb.words is None else nb.words[rows])
 
 
 def to_markdown(results: dict) -> str:
@@ -478,8 +526,13 @@ def to_markdown(results: dict) -> str:
             f"| {name} | {r['rows']} ({r['rows_with_votes']}) | {f(c, 2)} / {f(c, 4)} / {f(c, 6)} "
             f"| {f(p, 2)} / {f(p, 4)} / {f(p, 6)} | {f(fu, 2)} / {f(fu, 4)} / {f(fu, 6)} | {delta:+.1f} |"
         )
-    for name, m in results.get("crossfit_may", {}).items():
-        lines.append(f"| {name}, combiner cross-fitted (5 folds) | | | | {f(m, 2)} / {f(m, 4)} / {f(m, 6)} | |")
+    for key, how in (
+        ("crossfit_may_base", "combiner cross-fitted (5 folds), one regime"),
+        ("crossfit_may", "combiner and long-description regime chosen on the other folds"),
+    ):
+        for name, m in results.get(key, {}).items():
+            if name != "picked":
+                lines.append(f"| {name}, {how} | | | | {f(m, 2)} / {f(m, 4)} / {f(m, 6)} | |")
     lines += [
         "",
         "| condition | coverage / acc. when answered / ECE (HS4), codes only | same, fused |",

@@ -45,12 +45,13 @@ FIRST_STAGE_FILE = "first_stage.safetensors"
 # -- 1. first stage ----------------------------------------------------------------------------------------------
 def first_stage(model_dir: Path, data: Path, results_file: Path, shared: bool) -> dict:
     """{condition: {texts, golds, log_p6 [N, S]}} for the held-out conditions (and the shared eval files)."""
-    from hs_model.precedents import VoteConfig, code_tables, fuse_log_probs
+    from hs_model.precedents import VoteConfig, code_tables
     from hs_model.predict import Classifier, Query
     from hs_train.heldout_compare import heldout_conditions
     from hs_train.precedents_eval import (
         _joint_view,
         build_index,
+        fuse_cond,
         load_rulings,
         make_cond,
         ruling_entries,
@@ -73,8 +74,7 @@ def first_stage(model_dir: Path, data: Path, results_file: Path, shared: bool) -
     for name, (texts, golds) in heldout_conditions(data, myntra_rows=500).items():
         cond = make_cond(clf, name, texts, golds)
         nb = index.neighbours(cond.raw if cfg.space == "raw" else cond.joint_text, cond.texts, cfg)
-        votes = index.vote(nb, tables, cfg)[0]
-        fused = fuse_log_probs(cond.log_p6, votes, cfg, m.sub_to_head, m.sub_to_chap, cond.gate)
+        fused = fuse_cond(index, cond, nb, cfg, tables, clf)
         out[name] = {"texts": texts, "golds": golds, "log_p6": fused.float()}
         log.info("first stage: %s (%d rows)", name, len(texts))
     if shared:

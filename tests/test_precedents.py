@@ -114,6 +114,47 @@ def test_fusion_is_codes_only_with_an_empty_index_or_no_text():
     assert torch.equal(fuse_log_probs(log_p, votes, cfg, heads, chaps), log_p)
 
 
+def test_a_long_description_ranks_its_neighbours_with_the_long_lexical_weight():
+    """A ruling's full text: the words decide its neighbours (the text tower reads only its first 128 tokens)."""
+    long_text = "bicycle helmet of plastics " + " ".join(["merchandise"] * 40)
+    q = unit([0, 0, 1])  # the embedding points at the laptops; the words at the helmet
+    cfg = VoteConfig(k=1, lexical_weight=0.0, min_similarity=0.0, long_words=40, long_lexical_weight=1.0)
+    index = small_index(cfg)
+    nb = index.neighbours(q, [long_text])
+    assert list(nb.words) == [44] and nb.long_rows(cfg).tolist() == [True]
+    _, chosen, _, _ = index.vote(nb, TABLES)
+    assert CODES[int(chosen[0, 0])] == "650610"
+    short = VoteConfig(k=1, lexical_weight=0.0, min_similarity=0.0, long_words=0, long_lexical_weight=1.0)
+    assert nb.long_rows(short).tolist() == [False]  # long_words 0: one regime for every description
+    _, chosen, _, _ = index.vote(nb, TABLES, short)
+    assert CODES[int(chosen[0, 0])] == "847130"
+
+
+def test_the_long_regime_scales_only_long_voted_rows_and_leaves_the_rest_bit_for_bit():
+    cfg = VoteConfig(k=3, lexical_weight=0.0, min_similarity=0.5, beta6=1.0, long_words=3, long_model_weight=0.5)
+    index = small_index(cfg)
+    texts = ["helmet", "bicycle helmet of plastics", ""]
+    nb = index.neighbours(unit([1, 0, 0], [1, 0, 0], [0, 0, 0]), texts)
+    long_rows = nb.long_rows(cfg)
+    assert long_rows.tolist() == [False, True, False]
+    votes, *_ = index.vote(nb, TABLES)
+    heads, chaps = SPACE.parent_index(4), SPACE.parent_index(2)
+    log_p = torch.log_softmax(torch.randn(3, len(SUBS), generator=torch.Generator().manual_seed(0)), dim=-1)
+    fused = fuse_log_probs(log_p, votes, cfg, heads, chaps, long_rows=long_rows)
+    same = fuse_log_probs(log_p, votes, cfg, heads, chaps)
+    assert torch.equal(fused[0], same[0])  # a short row: as without the regime
+    assert torch.equal(fused[2], log_p[2])  # no text, no vote: the model's own distribution
+    halved = fuse_log_probs(0.5 * log_p, votes, cfg, heads, chaps)  # the long row's model term counts half
+    assert torch.allclose(fused[1], halved[1], atol=1e-6)
+    assert not torch.allclose(fused[1], same[1])
+
+
+def test_vote_config_reads_older_cards_without_the_long_regime():
+    old = {"k": 5, "lexical_weight": 0.5, "beta6": 1.0}
+    cfg = VoteConfig.from_dict(old)
+    assert cfg.long_words == 0 and cfg.long_model_weight == 1.0
+
+
 def test_fusion_raises_the_voted_codes_and_keeps_a_distribution():
     index = small_index(VoteConfig(k=3, lexical_weight=0.0, min_similarity=0.5, beta6=3.0, beta4=1.0))
     log_p = torch.log_softmax(torch.zeros(1, len(SUBS)), dim=-1)  # the model has no idea
