@@ -282,3 +282,22 @@ def test_real_classifier_a_known_photo_gets_the_photo_vote_as_evidence(tmp_path)
     bag = lambda p: next((c.score for c in p.levels[4] if c.code == "4202"), 0.0)  # noqa: E731
     assert bag(after) > bag(before)
     assert after.precedent_summary("4202") is not None and "catalogue photo" in (after.precedent_summary("4202") or "")
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_real_classifier_a_photo_of_the_shipped_index_finds_its_own_product():
+    """The shipped model and index: a Myntra photo that the index holds is its own nearest neighbour, and its
+    heading gets the vote (needs ../shared/data for the photo itself)."""
+    images = Path(__file__).parents[1] / "../shared/data/products/images"
+    if not (DEFAULT_MODEL_DIR / INDEX_FILE).is_file() or not images.is_dir():
+        pytest.skip("needs the shipped photo index and ../shared/data/products/images")
+    clf = Classifier(DEFAULT_MODEL_DIR)
+    index = clf.photo_precedents
+    assert index is not None and len(index) > 1000 and all(c in valid_code_set() for c in index.codes)
+    row = len(index) // 2
+    dataset, pid, _ = index.provenance[row]
+    pred = clf.predict(None, [Image.open(images / f"{pid}.jpg").convert("RGB")], top_k=5)
+    nearest = max((p for p in pred.precedents if p.dataset == dataset), key=lambda p: p.similarity)
+    assert nearest.id == pid and nearest.similarity > 0.99 and nearest.code == index.codes[row]
+    assert "catalogue photo" in (pred.precedent_summary(index.codes[row][:4]) or "")
