@@ -79,7 +79,7 @@ class PhotoIndex:
     def __post_init__(self) -> None:
         if self.emb.numel() == 0:
             self.emb = torch.zeros(0, self.dim, dtype=torch.float16)
-        self._heads: tuple[int, torch.Tensor] | None = None  # (id of the heading table, heading per row)
+        self._heads: tuple[Mapping[str, int], torch.Tensor] | None = None  # (the heading table, heading per row)
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -140,8 +140,8 @@ class PhotoIndex:
 
     def vote(self, nb: PhotoNeighbours, headings: Mapping[str, int]) -> torch.Tensor:
         """Heading votes [Q, H]: each neighbour's share added to its code's heading (`headings`: code -> column)."""
-        if self._heads is None or self._heads[0] != id(headings):
-            self._heads = (id(headings), torch.tensor([headings[c[:4]] for c in self.codes], dtype=torch.long))
+        if self._heads is None or self._heads[0] is not headings:  # built once per table (the classifier keeps one)
+            self._heads = (headings, torch.tensor([headings[c[:4]] for c in self.codes], dtype=torch.long))
         heads = self._heads[1]
         v = torch.zeros(len(nb.idx), len(headings))
         if len(heads):
