@@ -20,6 +20,9 @@ CARD = "card.json"
 # the precedent index shipped beside a model's weights (hs_model.precedents): vectors + its own card
 PRECEDENTS_INDEX = "precedents.safetensors"
 PRECEDENTS_CARD = "precedents.json"
+# the photo precedents (hs_model.photo_precedents): catalogue photos' pooled image-tower vectors + their card
+PHOTO_PRECEDENTS_INDEX = "photo_precedents.safetensors"
+PHOTO_PRECEDENTS_CARD = "photo_precedents.json"
 
 
 class CheckpointError(RuntimeError):

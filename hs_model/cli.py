@@ -91,7 +91,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if level == 6 and (line := pred.precedent_summary(c.code)):
                 print(f"          {line}")
     for p in [p for p in pred.precedents if p.weight > 0][:5]:
-        print(f"precedent {p.code} ({p.dataset} {p.id} {p.date}, similarity {p.similarity:.2f}): {p.text[:100]}")
+        source = " ".join(x for x in (p.dataset, p.id, p.date) if x)  # catalogue photos have no date
+        print(f"precedent {p.code} ({source}, similarity {p.similarity:.2f}): {p.text[:100]}")
     return 0
 
 

@@ -22,6 +22,8 @@ from typing import Any
 from hs_core.settings import get_settings
 from hs_model.checkpoint import (
     CARD,
+    PHOTO_PRECEDENTS_CARD,
+    PHOTO_PRECEDENTS_INDEX,
     PRECEDENTS_CARD,
     PRECEDENTS_INDEX,
     WEIGHTS,
@@ -110,23 +112,28 @@ def write_version(
 
 
 def precedent_files(folder: Path, head_independent: bool = False) -> list[Path]:
-    """The precedent index files in a model folder (both or none).
+    """The precedent index files in a model folder: the text index's pair, then the photo index's pair (each pair
+    both or none).
 
     Args:
-        head_independent: only an index of raw text-tower vectors, which a new head over the same towers can
-            reuse (an index in the model's joint space belongs to the head that made it).
+        head_independent: only what a new head over the same towers can reuse: a text index of raw text-tower
+            vectors (an index in the model's joint space belongs to the head that made it) and the photo index
+            (the image tower's pooled vectors, always head-independent).
     """
-    files = [folder / PRECEDENTS_INDEX, folder / PRECEDENTS_CARD]
-    if not all(f.is_file() for f in files):
-        return []
-    if head_independent:
+    files = _pair(folder, PRECEDENTS_INDEX, PRECEDENTS_CARD)
+    if files and head_independent:
         try:
             space = json.loads(files[1].read_text()).get("config", {}).get("space", "raw")
         except (OSError, ValueError):
-            return []
+            space = None
         if space != "raw":
-            return []
-    return files
+            files = []
+    return files + _pair(folder, PHOTO_PRECEDENTS_INDEX, PHOTO_PRECEDENTS_CARD)
+
+
+def _pair(folder: Path, index: str, card: str) -> list[Path]:
+    files = [folder / index, folder / card]
+    return files if all(f.is_file() for f in files) else []
 
 
 def remove_version_folder(folder: Path) -> None:
@@ -163,15 +170,15 @@ def copy_into_store(src: Path, version: str, root: Path) -> Path:
 
 
 def _add_missing_index(src: Path, dest: Path) -> None:
-    """Give a stored copy of a shipped version the index that ships with the same weights, when it has none."""
-    files = precedent_files(src)
-    if not files or precedent_files(dest):
-        return
-    for path in files:  # each file lands whole (copy then rename); the index loads only when both are there
+    """Give a stored copy of a shipped version the indexes that ship with the same weights, when it lacks them."""
+    have = {p.name for p in precedent_files(dest)}
+    files = [p for p in precedent_files(src) if p.name not in have]  # whole pairs: a pair is both files or none
+    for path in files:  # each file lands whole (copy then rename); an index loads only when both are there
         tmp = dest / f"{_TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
         shutil.copy2(path, tmp)
         os.replace(tmp, dest / path.name)
-    log.info("precedent index of %s added to its stored copy %s", src, dest)
+    if files:
+        log.info("precedent files %s of %s added to its stored copy %s", [p.name for p in files], src, dest)
 
 
 def zero_shot_folder(root: Path) -> Path:

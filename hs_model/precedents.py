@@ -494,7 +494,9 @@ def voted_rows(votes: Votes, n: int) -> torch.Tensor:
 def summary(code: str, precedents: Sequence[Precedent]) -> str | None:
     """ "4 earlier rulings on similar goods: 6506.10" for the precedents that voted for `code` or a code under it;
     None when none did. Precedents labelled only at a coarser level (a catalogue title known to its heading) voted
-    for that level, not for this subheading: "5 labelled precedents on similar goods: heading 6110"."""
+    for that level, not for this subheading: "5 labelled precedents on similar goods: heading 6110". Catalogue
+    photos (datasets ending in "_photo") are counted apart: "5 similar catalogue photos: heading 6109", or
+    "2 earlier rulings on similar goods and 5 similar catalogue photos: heading 6109"."""
     voted = [p for p in precedents if p.weight > 0]
     mine = [p for p in voted if p.code.startswith(code)]
     where = _shown(code)
@@ -504,13 +506,22 @@ def summary(code: str, precedents: Sequence[Precedent]) -> str | None:
             return None
         parent = min((p.code for p in above), key=len)
         mine, where = above, f"{'heading' if len(parent) == 4 else 'chapter'} {_shown(parent)}"
-    kinds = {p.dataset for p in mine}
+    photos = [p for p in mine if p.dataset.endswith("_photo")]
+    texts = [p for p in mine if not p.dataset.endswith("_photo")]
+    parts = [f"{len(texts)} {_noun(texts)} on similar goods"] if texts else []
+    if photos:
+        parts.append(f"{len(photos)} similar catalogue photo{'s' if len(photos) > 1 else ''}")
+    return f"{' and '.join(parts)}: {where}"
+
+
+def _noun(precedents: Sequence[Precedent]) -> str:
+    kinds = {p.dataset for p in precedents}
     noun = "earlier rulings" if kinds <= {"cbp_rulings"} else "labelled precedents"
     if kinds <= {"reviewed"}:
         noun = "reviewed decisions"
-    if len(mine) == 1:
+    if len(precedents) == 1:
         noun = noun.replace("rulings", "ruling").replace("precedents", "precedent").replace("decisions", "decision")
-    return f"{len(mine)} {noun} on similar goods: {where}"
+    return noun
 
 
 def _shown(code: str) -> str:

@@ -32,6 +32,7 @@ from hs_model.config import TowerConfig
 from hs_model.errors import InputError
 from hs_model.images import load_image
 from hs_model.model import HeadConfig, HsJointModel, LabelSpace
+from hs_model.photo_precedents import PhotoIndex, fuse_photo_vote
 from hs_model.precedents import Precedent, PrecedentIndex, code_tables, fuse_log_probs, summary, valid_code_set
 from hs_model.questions import HEADINGS_COVERED, POOL, Guidance, guide
 from hs_model.towers import TextTower, adapter_identity, adapter_tensors, build_towers, merge_text_adapter
@@ -150,6 +151,7 @@ class Classifier:
     """Towers + joint model + nomenclature, loaded once and shared (read-only) by every session."""
 
     precedents: PrecedentIndex | None = None  # the labelled examples' vote (None: codes only)
+    photo_precedents: PhotoIndex | None = None  # the labelled catalogue photos' vote (None: none)
 
     def __init__(self, model_dir: Path | None = DEFAULT_MODEL_DIR, towers: TowerConfig | None = None) -> None:
         from hs_core.nomenclature import EDITION, get_nomenclature
@@ -169,6 +171,7 @@ class Classifier:
         self.official_bank = build_official_bank(self.base_text_tower, self.space, self.edition)
         self.card, self.model, self.text_tower = self._load_head(model_dir)
         self.precedents = self._load_precedents(model_dir)
+        self.photo_precedents = self._load_photo_precedents(model_dir)
         self.lock = threading.Lock()  # explanations hook shared modules; they take this lock
         self.load_seconds = time.perf_counter() - t0
         log.info("classifier %s ready in %.1f s", self.card.version, self.load_seconds)
@@ -219,6 +222,7 @@ class Classifier:
         other = copy.copy(self)
         other.card, other.model, other.text_tower = self._load_head(model_dir)
         other.precedents = other._load_precedents(model_dir)
+        other.photo_precedents = other._load_photo_precedents(model_dir)
         return other
 
     def _load_precedents(self, model_dir: Path | None) -> PrecedentIndex | None:
@@ -237,6 +241,22 @@ class Classifier:
             return None
         if index is not None:
             log.info("precedent index: %d rows", len(index))
+        return index
+
+    def _load_photo_precedents(self, model_dir: Path | None) -> PhotoIndex | None:
+        """The catalogue photos' index shipped next to a model, used only when made with this image tower."""
+        if model_dir is None:
+            return None
+        try:
+            index = PhotoIndex.load(Path(model_dir), valid_code_set())
+        except (ValueError, KeyError, OSError) as exc:  # a damaged or tampered index: no photo vote, said in the log
+            log.error("photo precedent index in %s not used: %s", model_dir, exc)
+            return None
+        if index is not None and (index.tower != self.image_tower.name or index.dim != self.image_tower.dim):
+            log.warning(
+                "photo precedents in %s come from %s, not %s: not used", model_dir, index.tower, self.image_tower.name
+            )
+            return None
         return index
 
     @functools.cached_property
@@ -273,6 +293,8 @@ class Classifier:
         use_precedents = self.precedents is not None and len(feats.texts) == n and bool(feats.has_text.any())
         if use_precedents:
             log_p6, evidence, voted = self._vote(log_p6, feats, out.text_joint, out.gates[:, 0])
+        if self.photo_precedents is not None and bool(feats.has_image.any()):
+            log_p6, evidence, voted = self._photo_vote(log_p6, feats, out.gates[:, 1], evidence, voted)
         # top-k of the whole batch at once, on the model's device; one transfer per level
         tops = {
             lv: self._top_batch(
@@ -333,6 +355,27 @@ class Classifier:
         )
         evidence = [index.evidence(chosen, sims, weights, i) for i in range(len(texts))]
         voted = [bool((weights[i] > 0).any()) for i in range(len(texts))]
+        return fused.to(log_p6.device), evidence, voted
+
+    def _photo_vote(
+        self,
+        log_p6: torch.Tensor,
+        feats: Features,
+        image_gate: torch.Tensor,
+        evidence: list[tuple[Precedent, ...]],
+        voted: list[bool],
+    ) -> tuple[torch.Tensor, list[tuple[Precedent, ...]], list[bool]]:
+        """The catalogue photos' vote fused into log P(subheading) [B, S] after the text vote; rows without a photo
+        are left as they were. The photos that voted join each row's evidence."""
+        index = self.photo_precedents
+        assert index is not None
+        nb = index.search(feats.image_pooled, feats.has_image)
+        v4 = index.vote(nb, self._code_tables[4])  # [B, H]
+        gate = image_gate.float().cpu()
+        fused = fuse_photo_vote(log_p6.cpu(), v4, gate, index.config.beta, self.model.sub_to_head.cpu())
+        scale = (index.config.beta * gate).tolist()
+        evidence = [e + index.evidence(nb, i, scale[i]) for i, e in enumerate(evidence)]
+        voted = [v or bool((v4[i] > 0).any()) for i, v in enumerate(voted)]
         return fused.to(log_p6.device), evidence, voted
 
     def _top_batch(self, log_probs: torch.Tensor, level: int, k: int) -> list[list[Candidate]]:

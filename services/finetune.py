@@ -220,8 +220,8 @@ def run(
             data={**data_fingerprint(items), "skipped_unreadable": skipped, "provenance": provenance},
             on_epoch=on_epoch,
         )
-        # the base's precedent index votes for the fine-tuned head too (its vectors are the same towers'); the
-        # reviewed decisions join it on the first classification, as they do for any version
+        # the base's precedent indexes vote for the fine-tuned head too (text and photo vectors of the same towers);
+        # the reviewed decisions join the text index on the first classification, as they do for any version
         companions = model_store.precedent_files(base_folder, head_independent=True)
         folder, card = model_store.write_version(outcome.tensors, outcome.card, root, companions=companions)
         decision = outcome.decision

@@ -186,6 +186,7 @@ SOURCE_LABELS = {
     "uk_parcels": "UK parcel declaration",
     "uk_brands": "UK brand declaration",
     "myntra": "catalogue product",
+    "myntra_photo": "catalogue photo",
     REVIEWED: "reviewed line item",
     IMPORTED: "imported declaration",
 }
