@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 INDEX_FILE = PHOTO_PRECEDENTS_INDEX
 INDEX_CARD = PHOTO_PRECEDENTS_CARD
 PHOTO_DATASET = "myntra_photo"  # catalogue photos (Myntra), labelled with the heading of their article type
+LISTED_SHARE = 0.05  # a photo with less of the vote is not listed as evidence (it moved its heading by < 0.05 beta g)
 
 
 @dataclass(frozen=True)
@@ -149,11 +150,13 @@ class PhotoIndex:
         return v
 
     def evidence(self, nb: PhotoNeighbours, row: int, scale: float) -> tuple[Precedent, ...]:
-        """The photos that voted for query `row`, as precedents: similarity = cosine, weight = share * `scale`
-        (beta * the row's image gate: what the vote added to the heading's log-probability)."""
+        """The photos that voted for query `row` with at least `LISTED_SHARE` of the vote, as precedents: similarity =
+        cosine, weight = share * `scale` (beta * the row's image gate: what the vote added to the heading's
+        log-probability). With a sharp vote (small tau) the nearest photos hold nearly all of it; the rest, listed,
+        would read as "10 similar photos" where two decided."""
         out = []
         for i, sim, share in zip(nb.idx[row].tolist(), nb.sims[row].tolist(), nb.share[row].tolist(), strict=True):
-            if i < 0 or share * scale <= 0:
+            if i < 0 or share < LISTED_SHARE or share * scale <= 0:
                 continue
             ds, pid, date = self.provenance[i]
             out.append(Precedent(self.texts[i], self.codes[i], ds, pid, date, float(sim), float(share * scale)))

@@ -413,31 +413,27 @@ def main(argv: list[str] | None = None) -> None:
     assert best is not None  # every grid option takes one value at least (nargs="+")
     row, cfg, space = best
     base = cfg
-    # second stage, the base settings kept: how long descriptions (a ruling's full text) are read
+    # second stage: how long descriptions (a ruling's full text) are read, everything else kept as fitted (the
+    # combiner is not refitted, so a description under the threshold is scored bit for bit as before)
     index = indexes[cfg.lexical_scheme]
     results["long_grid"] = []
-    longs = [
-        replace(base, long_words=w, long_lexical_weight=lam, long_model_weight=a)
-        for w, lam, a in itertools.product(args.long_words, args.long_lams, args.long_model_weights)
-        if w > 0
-    ]
-    for choice in longs:
-        parts = [(c, nbs[choice.lexical_scheme, space, c.name]) for c in tune]
-        fitted = fit_combiner(index, parts, choice, tables, clf)
-        accs = [tune_hs4(index, c, nb, fitted, tables, clf) for c, nb in parts]
-        long_row = {**asdict(fitted), "tune_hs4": accs, "tune_mean_hs4": float(np.mean(accs))}
+    longs = long_regimes(args.long_words, args.long_lams, args.long_model_weights)
+    for regime in longs:
+        choice = replace(base, **regime)
+        accs = [tune_hs4(index, c, nbs[choice.lexical_scheme, space, c.name], choice, tables, clf) for c in tune]
+        long_row = {**asdict(choice), "tune_hs4": accs, "tune_mean_hs4": float(np.mean(accs))}
         results["long_grid"].append(long_row)
-        log.info("long %s -> %s", (choice.long_words, choice.long_lexical_weight, choice.long_model_weight), accs)
+        log.info("long %s -> %s", regime, [round(a, 3) for a in accs])
         if long_row["tune_mean_hs4"] > row["tune_mean_hs4"]:
-            row, cfg = long_row, fitted
+            row, cfg = long_row, choice
     results["chosen"] = row
     log.info("chosen: %s", row)
     for name, cond in conds.items():
         results["conditions"][name] = evaluate_cond(index, cond, nbs[cfg.lexical_scheme, space, name], cfg, tables, clf)
         log.info("%s: %s", name, results["conditions"][name])
     # May scored with what was chosen without it: the combiner only (base settings), then the long regime too
-    results["crossfit_may_base"] = crossfit(index, tune, nbs, [base], space, tables, clf)
-    results["crossfit_may"] = crossfit(index, tune, nbs, [base, *longs], space, tables, clf)
+    results["crossfit_may_base"] = crossfit(index, tune, nbs, base, [], space, tables, clf)
+    results["crossfit_may"] = crossfit(index, tune, nbs, base, longs, space, tables, clf)
     results["seconds"] = time.time() - t0
     args.out.mkdir(parents=True, exist_ok=True)
     results["weak_min_score"] = args.weak_min_score
@@ -458,32 +454,42 @@ def tune_hs4(index: PrecedentIndex, cond: Cond, nb: Neighbours, cfg: VoteConfig,
     return accuracy(level_probs(fuse_cond(index, cond, nb, cfg, tables, clf), clf), cond.golds, clf)["hs4_top1"]
 
 
-def crossfit(index, tune: list[Cond], nbs, choices: list[VoteConfig], space: str, tables, clf, folds: int = 5) -> dict:
-    """May rulings scored with settings chosen without them: on each of `folds` folds of the May rulings, every
-    choice's combiner is fitted on the other folds (+ the other tuning conditions), the best by mean HS4 there is
-    kept, and the fold is scored with it. One choice: only the combiner's weights are cross-fitted."""
+def long_regimes(words: list[int], lams: list[float], model_weights: list[float]) -> list[dict]:
+    """The long-description regimes a grid tries (thresholds of 0 words mean no regime and are left out)."""
+    return [
+        {"long_words": w, "long_lexical_weight": lam, "long_model_weight": a}
+        for w, lam, a in itertools.product(words, lams, model_weights)
+        if w > 0
+    ]
+
+
+def crossfit(
+    index, tune: list[Cond], nbs, base: VoteConfig, regimes: list[dict], space: str, tables, clf, folds: int = 5
+) -> dict:
+    """May rulings scored with settings chosen without them. On each of `folds` folds of the May rulings, the
+    combiner is fitted on the other folds (+ the other tuning conditions), then the long-description regime (none,
+    or one of `regimes`) with the best mean HS4 there is kept, and the fold is scored with it."""
     fold_of = np.random.default_rng(0).integers(0, folds, len(tune[0].golds))
     fused_all = {target: torch.zeros_like(tune[target].log_p6) for target in (0, 1)}
     picked = []
     for f in range(folds):
         tr, te = np.nonzero(fold_of != f)[0], np.nonzero(fold_of == f)[0]
+        parts = []
+        for i, c in enumerate(tune):
+            rows = tr if i < 2 else np.arange(len(c.golds))  # May long and short share the rulings' order
+            parts.append((_rows(c, rows), _rows_nb(nbs[base.lexical_scheme, space, c.name], rows)))
+        fitted = fit_combiner(index, parts, base, tables, clf)
         best: tuple[float, VoteConfig] | None = None
-        for cfg in choices:
-            parts = []
-            for i, c in enumerate(tune):
-                rows = tr if i < 2 else np.arange(len(c.golds))  # May long and short share the rulings' order
-                parts.append((_rows(c, rows), _rows_nb(nbs[cfg.lexical_scheme, space, c.name], rows)))
-            fitted = fit_combiner(index, parts, cfg, tables, clf)
-            mean = float(np.mean([tune_hs4(index, c, nb, fitted, tables, clf) for c, nb in parts]))
+        for cfg in [fitted, *(replace(fitted, **r) for r in regimes)]:
+            mean = float(np.mean([tune_hs4(index, c, nb, cfg, tables, clf) for c, nb in parts]))
             if best is None or mean > best[0]:
-                best = (mean, fitted)
-        assert best is not None  # at least one choice
-        fitted = best[1]
-        picked.append({k: getattr(fitted, k) for k in ("long_words", "long_lexical_weight", "long_model_weight")})
+                best = (mean, cfg)
+        assert best is not None  # `fitted` at least
+        chosen = best[1]
+        picked.append({k: getattr(chosen, k) for k in ("long_words", "long_lexical_weight", "long_model_weight")})
         for target in (0, 1):
-            nb = _rows_nb(nbs[fitted.lexical_scheme, space, tune[target].name], te)
-            fused = fuse_cond(index, _rows(tune[target], te), nb, fitted, tables, clf)
-            fused_all[target][torch.from_numpy(te)] = fused
+            nb = _rows_nb(nbs[chosen.lexical_scheme, space, tune[target].name], te)
+            fused_all[target][torch.from_numpy(te)] = fuse_cond(index, _rows(tune[target], te), nb, chosen, tables, clf)
     out: dict = {tune[t].name: accuracy(level_probs(fused_all[t], clf), tune[t].golds, clf) for t in (0, 1)}
     out["picked"] = picked
     return out

@@ -20,6 +20,7 @@ from hs_model.photo_precedents import (
     INDEX_FILE,
     PHOTO_DATASET,
     PhotoIndex,
+    PhotoNeighbours,
     PhotoVoteConfig,
     fuse_photo_vote,
 )
@@ -105,6 +106,14 @@ def test_evidence_names_the_photos_with_cosine_and_their_share_of_the_vote():
     cos = unit(index.emb[[int(p.id) - 100 for p in ev]]) @ unit(centres[0])
     assert [round(p.similarity, 2) for p in ev] == [round(v, 2) for v in cos.tolist()]
     assert ev[0].text.startswith("product ")
+
+
+def test_photos_with_a_negligible_share_of_the_vote_are_not_listed():
+    index, centres = small_index(PhotoVoteConfig(k=3, tau=0.05, beta=2.0))
+    nb = index.search(centres[:1])
+    share = torch.tensor([[0.9, 0.07, 0.03]])
+    ev = index.evidence(PhotoNeighbours(nb.idx, nb.sims, share), 0, scale=1.0)
+    assert [round(p.weight, 2) for p in ev] == [0.9, 0.07]  # the 3 % photo voted, but is not named as evidence
 
 
 def test_invalid_codes_and_unreadable_photos_are_skipped_and_counted(caplog):
