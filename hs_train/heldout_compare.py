@@ -3,7 +3,7 @@
 The shipped precedent index holds the May 2026 rulings and the UK parcels' validation split, so it cannot be used
 to measure on them. Here every model gets the held-out experiment's index instead (CBP rulings of January-April
 2026 + the training splits of UK parcels and Myntra + UK brands, embedded with *that model's* text tower) and the
-shipped vote settings (`chosen` in docs/results/precedents.json, not refitted). Conditions: UK parcels validation
+shipped vote settings (`chosen` in docs/results/precedents_v3_long.json, not refitted). Conditions: UK parcels validation
 and test splits, May 2026 rulings (full description and one-line form), Myntra test titles (title only).
 
     python -m hs_train.heldout_compare --model hsdesk-v2=runs/v2 --model hsdesk-v3=runs/v3 --out docs/results
@@ -22,6 +22,7 @@ from hs_model.precedents import VoteConfig, code_tables
 from hs_model.predict import Classifier
 from hs_train.datasets import load_myntra, load_uk_parcels, split_of
 from hs_train.precedents_eval import (
+    SHIPPED_VOTE,
     _joint_view,
     build_index,
     evaluate_cond,
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     ap.add_argument("--model", action="append", required=True, metavar="NAME=FOLDER")
-    ap.add_argument("--results", type=Path, default=Path("docs/results/precedents.json"), help="the vote settings")
+    ap.add_argument("--results", type=Path, default=SHIPPED_VOTE, help="the vote settings")
     ap.add_argument("--out", type=Path, default=Path("docs/results"))
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

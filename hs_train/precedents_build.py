@@ -1,7 +1,7 @@
 """Build the precedent index shipped next to a model, from every labelled training example.
 
 The vote's settings and the combiner's weights come from the date-held-out experiment
-(`python -m hs_train.precedents_eval`, its `chosen` entry in docs/results/precedents.json); the shipped index
+(`python -m hs_train.precedents_eval`, its `chosen` entry in docs/results/precedents_v3_long.json); the shipped index
 then holds all the training data: CBP rulings of January-May 2026, UK parcels (train and validation splits:
 the test split stays out so it remains a test), UK brands and Myntra titles (train and validation splits).
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from hs_model.precedents import INDEX_CARD, INDEX_FILE, VoteConfig
 from hs_model.predict import Classifier
 from hs_train.precedents_eval import (
+    SHIPPED_VOTE,
     _joint_view,
     build_index,
     load_rulings,
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     ap.add_argument("--model", type=Path, default=Path("assets/model"))
-    ap.add_argument("--results", type=Path, default=Path("docs/results/precedents.json"))
+    ap.add_argument("--results", type=Path, default=SHIPPED_VOTE, help="the vote settings (precedents_eval's output)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     results = json.loads(args.results.read_text())

@@ -74,6 +74,8 @@ def load_rulings(data_dir: Path) -> list[dict]:
     return rows
 
 
+# the vote settings the shipped index carries (`chosen` there; `precedents_build --results` writes them into the index)
+SHIPPED_VOTE = Path("docs/results/precedents_v3_long.json")
 HELD_OUT_FROM = "2026-05-01"  # rulings from this date on are held out of training and tuning (the last month)
 
 

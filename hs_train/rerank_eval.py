@@ -455,11 +455,13 @@ def to_markdown(res: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from hs_train.precedents_eval import SHIPPED_VOTE
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=("first-stage", "score", "report"))
     ap.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
     ap.add_argument("--model", type=Path, default=Path("assets/model"))
-    ap.add_argument("--vote", type=Path, default=Path("docs/results/precedents_v3.json"), help="the vote settings")
+    ap.add_argument("--vote", type=Path, default=SHIPPED_VOTE, help="the vote settings")
     ap.add_argument("--reranker", type=Path)
     ap.add_argument("--out", type=Path, required=True, help="working folder (first stage, scores)")
     ap.add_argument("--results", type=Path, help="report: where rerank.json and rerank.md go")
