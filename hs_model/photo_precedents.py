@@ -15,15 +15,15 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from hs_model.checkpoint import PHOTO_PRECEDENTS_CARD, PHOTO_PRECEDENTS_INDEX
-from hs_model.precedents import Precedent, _sha256
+from hs_model.precedents import Precedent, _sha256, save_index_files
 
 log = logging.getLogger(__name__)
 
@@ -165,18 +165,7 @@ class PhotoIndex:
     # -- storage ------------------------------------------------------------------------------------------
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({"emb": self.emb.contiguous()}, str(folder / INDEX_FILE))
-        card = {
-            "sha256": _sha256(folder / INDEX_FILE),
-            "tower": self.tower,
-            "dim": self.dim,
-            "rows": len(self),
-            "config": asdict(self.config),
-            "codes": self.codes,
-            "texts": self.texts,
-            "provenance": [list(p) for p in self.provenance],
-        }
-        (folder / INDEX_CARD).write_text(json.dumps(card, ensure_ascii=False, separators=(",", ":")))
+        save_index_files(folder, INDEX_FILE, INDEX_CARD, {"emb": self.emb.contiguous()}, self)
 
     @classmethod
     def load(cls, folder: Path, valid_codes: frozenset[str] | set[str] | None = None) -> PhotoIndex | None:

@@ -380,18 +380,7 @@ class PrecedentIndex:
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {"emb": self.matrix.contiguous(), **self.lexical.state()}
-        save_file(tensors, str(folder / INDEX_FILE))
-        card = {
-            "sha256": _sha256(folder / INDEX_FILE),
-            "tower": self.tower,
-            "dim": self.dim,
-            "rows": len(self),
-            "config": asdict(self.config),
-            "codes": self.codes,
-            "texts": self.texts,
-            "provenance": [list(p) for p in self.provenance],
-        }
-        (folder / INDEX_CARD).write_text(json.dumps(card, ensure_ascii=False, separators=(",", ":")))
+        save_index_files(folder, INDEX_FILE, INDEX_CARD, tensors, self)
 
     @classmethod
     def load(cls, folder: Path, valid_codes: frozenset[str] | set[str] | None = None) -> PrecedentIndex | None:
@@ -432,6 +421,25 @@ class PrecedentIndex:
         out.texts = [self.texts[i] for i in rows]
         out.provenance = [self.provenance[i] for i in rows]
         return out
+
+
+def save_index_files(
+    folder: Path, index_file: str, card_file: str, tensors: dict[str, torch.Tensor], index: Any
+) -> None:
+    """Write an index's tensors and its card (hash of the tensor file, tower, dim, rows, vote settings, codes, texts,
+    provenance): the text and the photo precedents share this layout."""
+    save_file(tensors, str(folder / index_file))
+    card = {
+        "sha256": _sha256(folder / index_file),
+        "tower": index.tower,
+        "dim": index.dim,
+        "rows": len(index),
+        "config": asdict(index.config),
+        "codes": index.codes,
+        "texts": index.texts,
+        "provenance": [list(p) for p in index.provenance],
+    }
+    (folder / card_file).write_text(json.dumps(card, ensure_ascii=False, separators=(",", ":")))
 
 
 def _sha256(path: Path) -> str:
